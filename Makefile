@@ -1,0 +1,34 @@
+# Two commands for a fresh machine: `make study` (the study on the offline default) and `make test`.
+# Both create and fill .venv on first use (CPU torch from requirements-cpu.txt) and register the
+# notebook kernel "absld" inside it; nothing else needs installing by hand.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PRESET ?= smoke
+
+.PHONY: study test env bench clean-runs
+
+$(STAMP): requirements-cpu.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+	$(PY) -m pip install -q -r requirements-cpu.txt 2>&1 | grep -v "is ignored" || true
+	$(PY) -m pip install -q --no-deps torchattacks 2>&1 | grep -v "is ignored" || true
+	$(PY) -m pip install -q --no-deps -e . 2>&1 | grep -v "is ignored" || true
+	$(PY) -c "import torch, absld_core, papermill, pyautoattack, torchattacks" 
+	$(PY) -m ipykernel install --sys-prefix --name absld --display-name "Python (absld)" >/dev/null
+	touch $(STAMP)
+
+env: $(STAMP)
+
+study: $(STAMP)
+	$(VENV)/bin/absld study --preset $(PRESET)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra tests
+
+bench: $(STAMP)
+	$(PY) bench/attack_throughput.py
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,203 @@
+"""L-inf attacks on [0,1] images, batched, fp32 by default.
+
+Every attack returns x_adv with ||x_adv - x||_inf <= eps and x_adv in [0,1], and leaves the model's
+train/eval mode and its parameters' .grad exactly as it found them (gradients are taken with
+torch.autograd.grad with respect to the input only). Attacks run the model in eval mode unless
+`train_mode=True` is passed.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["fgsm", "pgd", "pgd_kl", "trades_kl", "cw_inf", "pgd_boundary_steps", "autoattack",
+           "kl_to_targets", "margin_loss", "AA_ATTACKS"]
+
+AA_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
+
+
+def _check(x: torch.Tensor, eps: float, alpha: float | None = None, steps: int | None = None) -> None:
+    if not torch.is_floating_point(x):
+        raise TypeError(f"attack inputs must be float images in [0,1], got dtype {x.dtype}")
+    if not (0 < eps <= 1):
+        raise ValueError(f"eps must lie in (0, 1] (pixels in [0,1]; 8/255 not 8), got {eps}")
+    if alpha is not None and not (0 < alpha <= 1):
+        raise ValueError(f"alpha (step size) must lie in (0, 1], got {alpha}")
+    if steps is not None and (not isinstance(steps, int) or steps < 0):
+        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+
+
+@contextlib.contextmanager
+def model_mode(model: nn.Module, train: bool = False):
+    """Put the model in eval (or train) mode for the attack and restore every submodule's flag after."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.train(train)
+    try:
+        yield model
+    finally:
+        for m, f in flags:
+            m.training = f
+
+
+def _autocast(x: torch.Tensor, dtype: torch.dtype | None):
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(x.device.type, dtype=dtype)
+
+
+def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+
+
+def _run(model: nn.Module, x: torch.Tensor, loss_fn: Callable, x0: torch.Tensor, eps: float,
+         alpha: float, steps: int, amp_dtype=None, on_logits: Callable | None = None) -> torch.Tensor:
+    """Signed-gradient ascent on loss_fn(logits) from x0, projected to the eps-ball and [0,1].
+
+    on_logits(k, logits) is called with the logits at iterate k (before step k+1)."""
+    x_adv = x0.detach()
+    for k in range(steps):
+        x_adv.requires_grad_(True)
+        with _autocast(x, amp_dtype):
+            logits = model(x_adv)
+        logits = logits.float()
+        if on_logits is not None:
+            on_logits(k, logits.detach())
+        (grad,) = torch.autograd.grad(loss_fn(logits), x_adv)
+        x_adv = _project(x_adv.detach() + alpha * grad.sign(), x, eps)
+    return x_adv.detach()
+
+
+def _uniform_start(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return (x + torch.empty_like(x).uniform_(-eps, eps)).clamp_(0.0, 1.0)
+
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, amp_dtype=None) -> torch.Tensor:
+    """One signed-gradient step of size eps on the cross-entropy, from x."""
+    _check(x, eps)
+    with model_mode(model):
+        return _run(model, x, lambda z: F.cross_entropy(z, y, reduction="sum"), x, eps, eps, 1, amp_dtype)
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int,
+        random_start: bool = True, *, x_init: torch.Tensor | None = None, loss: str = "ce",
+        train_mode: bool = False, amp_dtype=None) -> torch.Tensor:
+    """PGD (Madry et al.) on cross-entropy ('ce') or the CW margin ('margin'); uniform random start.
+
+    x_init: continue from an earlier iterate (then random_start is ignored)."""
+    _check(x, eps, alpha, steps)
+    if loss == "ce":
+        loss_fn = lambda z: F.cross_entropy(z, y, reduction="sum")  # noqa: E731
+    elif loss == "margin":
+        loss_fn = lambda z: margin_loss(z, y).sum()  # noqa: E731
+    else:
+        raise ValueError(f"unknown PGD loss {loss!r}; allowed: 'ce', 'margin'")
+    if x_init is not None:
+        x0 = _project(x_init.detach().clone(), x, eps)
+    else:
+        x0 = _uniform_start(x, eps) if random_start else x.clone()
+    with model_mode(model, train_mode):
+        return _run(model, x, loss_fn, x0, eps, alpha, steps, amp_dtype)
+
+
+def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """CW margin max_{j != y} z_j - z_y per sample (positive once misclassified)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
+    return other - true
+
+
+def cw_inf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int,
+           random_start: bool = True, *, amp_dtype=None) -> torch.Tensor:
+    """CW-inf: PGD on the margin loss max_{j != y} z_j - z_y."""
+    return pgd(model, x, y, eps, alpha, steps, random_start, loss="margin", amp_dtype=amp_dtype)
+
+
+def kl_to_targets(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """sum over the batch of KL(target || softmax(logits))."""
+    return F.kl_div(F.log_softmax(logits, dim=1), target_probs, reduction="sum")
+
+
+def pgd_kl(model: nn.Module, x: torch.Tensor, target_probs: torch.Tensor, eps: float, alpha: float,
+           steps: int, *, init_std: float = 0.001, train_mode: bool = False, amp_dtype=None) -> torch.Tensor:
+    """Maximise sum KL(target_probs || softmax(model(x_adv))) from a Gaussian start x + init_std*N(0,1)
+    (the RSLAD/ABSLD inner maximisation; target_probs are the teacher's soft labels on clean x)."""
+    _check(x, eps, alpha, steps)
+    if target_probs.shape[0] != x.shape[0] or target_probs.ndim != 2:
+        raise ValueError(f"target_probs must be N x C with N = {x.shape[0]}, got {tuple(target_probs.shape)}")
+    target = target_probs.detach().float()
+    x0 = _project(x + init_std * torch.randn_like(x), x, eps)
+    with model_mode(model, train_mode):
+        return _run(model, x, lambda z: kl_to_targets(z, target), x0, eps, alpha, steps, amp_dtype)
+
+
+def trades_kl(model: nn.Module, x: torch.Tensor, eps: float, alpha: float, steps: int, *,
+              init_std: float = 0.001, amp_dtype=None) -> torch.Tensor:
+    """TRADES inner maximisation: KL to the model's own clean prediction (computed in eval mode)."""
+    _check(x, eps, alpha, steps)
+    with model_mode(model), torch.no_grad():
+        p = F.softmax(model(x).float(), dim=1)
+    return pgd_kl(model, x, p, eps, alpha, steps, init_std=init_std, amp_dtype=amp_dtype)
+
+
+def pgd_boundary_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
+                       steps: int, random_start: bool = True, *, amp_dtype=None):
+    """PGD-CE that also reports, per sample, the first iterate k (0..steps) at which the model
+    misclassifies it: 0 = already wrong at the start point, steps+1 = never crossed the boundary.
+
+    Returns (x_adv, steps_to_cross) with steps_to_cross an int64 tensor."""
+    _check(x, eps, alpha, steps)
+    first = torch.full((x.shape[0],), steps + 1, dtype=torch.long, device=x.device)
+
+    def record(k, logits):
+        wrong = logits.argmax(1) != y
+        first[:] = torch.where(wrong & (first > steps), torch.full_like(first, k), first)
+
+    x0 = _uniform_start(x, eps) if random_start else x.clone()
+    with model_mode(model):
+        x_adv = _run(model, x, lambda z: F.cross_entropy(z, y, reduction="sum"), x0, eps, alpha, steps,
+                     amp_dtype, on_logits=record)
+        with torch.no_grad(), _autocast(x, amp_dtype):
+            record(steps, model(x_adv).float())
+    return x_adv, first
+
+
+def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+               attacks: Sequence[str] | None = None, *, batch_size: int = 250, seed: int = 0,
+               n_iter: int | None = None, n_queries: int | None = None,
+               return_labels: bool = False):
+    """AutoAttack (pyautoattack) L-inf: standard version when attacks is None, else a chosen subset
+    of AA_ATTACKS. n_iter / n_queries shrink APGD/FAB iterations and Square queries for CPU runs.
+
+    Returns x_adv (and the predicted labels on x_adv when return_labels=True)."""
+    _check(x, eps)
+    try:
+        from pyautoattack import AutoAttack
+    except ImportError as e:  # pragma: no cover - installed by the project's requirements
+        raise ImportError("AutoAttack needs the package 'pyautoattack' (pip install pyautoattack)") from e
+    import logging
+
+    if attacks is not None:
+        bad = [a for a in attacks if a not in AA_ATTACKS]
+        if bad or not attacks:
+            raise ValueError(f"unknown AutoAttack attack(s) {bad or attacks}; allowed: {', '.join(AA_ATTACKS)}")
+    logging.getLogger("auto-attack").setLevel(logging.WARNING)
+    with model_mode(model):
+        kw = dict(eps=eps, norm="Linf", device=x.device, seed=seed)
+        aa = (AutoAttack(model, version="standard", **kw) if attacks is None
+              else AutoAttack(model, version="custom", attacks=list(attacks), **kw))
+        num_classes = None
+        if n_iter is not None:
+            aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = int(n_iter)
+        if n_queries is not None:
+            aa.square.n_queries = int(n_queries)
+        with torch.no_grad():
+            num_classes = model(x[:1]).shape[1]
+        aa.apgd_targeted.n_target_classes = min(aa.apgd_targeted.n_target_classes, num_classes - 1)
+        aa.fab.n_target_classes = min(aa.fab.n_target_classes, num_classes - 1)
+        x_adv, y_adv = aa.run_standard_evaluation(x.detach(), y, batch_size=batch_size)
+    x_adv = _project(x_adv.to(x.dtype), x, eps)
+    return (x_adv, y_adv) if return_labels else x_adv

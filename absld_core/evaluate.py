@@ -1,0 +1,205 @@
+"""Class-wise accuracy and robustness: Avg, Worst (and which class), NSD and the full class table.
+
+    df = evaluate(model, x, y, attacks=["clean", "fgsm", "pgd20", "cw30", "aa"], classes=names)
+
+Rows are attacks; columns are avg, worst, worst_class, nsd, n and one column per class (accuracy in
+percent). A sample counts as robust under an attack only if it is classified correctly both clean and
+under the attack (as AutoAttack counts), so robust accuracy never exceeds clean accuracy.
+NSD is the population standard deviation of the class-wise accuracies divided by their mean.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from . import attacks as A
+from .attacks import model_mode
+
+SUMMARY_COLUMNS = ["avg", "worst", "worst_class", "nsd", "n"]
+__all__ = ["evaluate", "AttackSpec", "parse_attack", "summarise", "save_table", "load_table",
+           "class_accuracies", "SUMMARY_COLUMNS"]
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One evaluation attack: kind in clean/fgsm/pgd/cw/aa, steps, and for aa an optional subset."""
+    name: str
+    kind: str
+    steps: int = 0
+    aa_attacks: tuple[str, ...] | None = None
+
+
+_PATTERNS = [
+    (r"clean|natural", lambda m: ("clean", 0)),
+    (r"fgsm", lambda m: ("fgsm", 1)),
+    (r"pgd(\d+)?", lambda m: ("pgd", int(m.group(1) or 20))),
+    (r"cw(\d+)?", lambda m: ("cw", int(m.group(1) or 30))),
+]
+
+
+def parse_attack(spec: str) -> AttackSpec:
+    """'clean', 'fgsm', 'pgdN' (default 20), 'cwN' (default 30), 'aa' (standard AutoAttack) or
+    'aa:apgd-ce+apgd-t' (a subset of the AutoAttack attacks)."""
+    s = str(spec).strip().lower()
+    for pat, make in _PATTERNS:
+        m = re.fullmatch(pat, s)
+        if m:
+            kind, steps = make(m)
+            if steps < 1 and kind != "clean":
+                raise ValueError(f"attack {spec!r}: the number of steps must be >= 1")
+            return AttackSpec(s, kind, steps)
+    if s == "aa":
+        return AttackSpec(s, "aa")
+    if s.startswith("aa:"):
+        subset = tuple(a for a in s[3:].split("+") if a)
+        bad = [a for a in subset if a not in A.AA_ATTACKS]
+        if bad or not subset:
+            raise ValueError(f"attack {spec!r}: unknown AutoAttack part(s) {bad or '(none given)'}; "
+                             f"allowed: {', '.join(A.AA_ATTACKS)}")
+        return AttackSpec(s, "aa", 0, subset)
+    raise ValueError(f"unknown attack {spec!r}; allowed: clean, fgsm, pgdN (e.g. pgd20), cwN (e.g. cw30), "
+                     f"aa, aa:<{'+'.join(A.AA_ATTACKS[:2])}...>")
+
+
+def class_accuracies(correct: torch.Tensor, y: torch.Tensor, num_classes: int) -> np.ndarray:
+    """Per-class accuracy in percent from a boolean vector of correct predictions (bincount, no loop)."""
+    total = torch.bincount(y, minlength=num_classes).double()
+    hits = torch.bincount(y, weights=correct.double(), minlength=num_classes)
+    acc = torch.where(total > 0, 100.0 * hits / total.clamp_min(1), torch.full_like(total, float("nan")))
+    return acc.cpu().numpy()
+
+
+def summarise(acc: np.ndarray, classes: Sequence[str], n: int) -> dict:
+    """Worst class accuracy, its class name and NSD (std / mean of the class accuracies) from the
+    class-wise accuracies; classes absent from the data (NaN) are ignored. Avg is the caller's."""
+    valid = ~np.isnan(acc)
+    a = acc[valid]
+    mean = float(a.mean()) if a.size else float("nan")
+    worst_i = int(np.nanargmin(acc)) if a.size else 0
+    return {"worst": float(acc[worst_i]), "worst_class": str(classes[worst_i]),
+            "nsd": float(a.std() / mean) if mean > 0 else float("nan"), "n": int(n)}
+
+
+def _attack_batch(model, spec: AttackSpec, x, y, eps, pgd_alpha, cw_alpha, aa_opts, amp_dtype):
+    if spec.kind == "clean":
+        return x
+    if spec.kind == "fgsm":
+        return A.fgsm(model, x, y, eps, amp_dtype=amp_dtype)
+    if spec.kind == "pgd":
+        return A.pgd(model, x, y, eps, pgd_alpha, spec.steps, amp_dtype=amp_dtype)
+    if spec.kind == "cw":
+        return A.cw_inf(model, x, y, eps, cw_alpha, spec.steps, amp_dtype=amp_dtype)
+    return A.autoattack(model, x, y, eps, spec.aa_attacks, **aa_opts)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             attacks: Sequence[str] = ("clean", "fgsm", "pgd20", "cw30"), *, classes: Sequence[str] | None = None,
+             eps: float = 8 / 255, pgd_alpha: float = 0.003, cw_alpha: float | None = None,
+             batch_size: int = 256, device: str | torch.device | None = None, amp_dtype=None,
+             aa_opts: dict | None = None, progress: bool = True, seed: int | None = 0) -> pd.DataFrame:
+    """Class-wise accuracy under each attack. x: uint8 or float [0,1] images; y: int64 labels.
+
+    pgd_alpha: PGD step (0.003 as in ABSLD/RSLAD; HAM uses eps/4); cw_alpha defaults to pgd_alpha.
+    aa_opts: extra arguments for attacks.autoattack (n_iter, n_queries, batch_size).
+    """
+    specs = [parse_attack(a) for a in attacks]
+    if not specs:
+        raise ValueError("attacks must name at least one of clean, fgsm, pgdN, cwN, aa")
+    if len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"evaluate needs matching non-empty images and labels, got {len(x)} and {len(y)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    num_classes = len(classes) if classes is not None else int(y.max()) + 1
+    classes = list(classes) if classes is not None else [str(c) for c in range(num_classes)]
+    if int(y.max()) >= num_classes or int(y.min()) < 0:
+        raise ValueError(f"labels must lie in [0, {num_classes - 1}] for {num_classes} classes")
+    if seed is not None:
+        torch.manual_seed(seed)
+    correct = {s.name: torch.zeros(len(y), dtype=torch.bool) for s in specs}
+    from tqdm.auto import tqdm
+
+    n_batches = -(-len(y) // batch_size)
+    bar = tqdm(total=n_batches * len(specs), desc="evaluate", disable=not progress, leave=False)
+    with model_mode(model):
+        for b in range(n_batches):
+            sl = slice(b * batch_size, (b + 1) * batch_size)
+            xb = x[sl].to(device)
+            xb = xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
+            yb = y[sl].to(device)
+            with torch.no_grad():
+                clean_ok = (model(xb).argmax(1) == yb)
+            for s in specs:
+                if s.kind == "clean":
+                    ok = clean_ok
+                else:
+                    xa = _attack_batch(model, s, xb, yb, eps, pgd_alpha, cw_alpha or pgd_alpha, aa_opts or {}, amp_dtype)
+                    with torch.no_grad():
+                        ok = (model(xa).argmax(1) == yb) & clean_ok
+                correct[s.name][sl] = ok.cpu()
+                bar.update(1)
+    bar.close()
+    rows = {}
+    y_cpu = y.cpu()
+    for s in specs:
+        acc = class_accuracies(correct[s.name], y_cpu, num_classes)
+        row = {"avg": 100.0 * correct[s.name].double().mean().item(), **summarise(acc, classes, len(y))}
+        row.update({c: float(a) for c, a in zip(classes, acc)})
+        rows[s.name] = row
+    df = pd.DataFrame.from_dict(rows, orient="index")[SUMMARY_COLUMNS + classes]
+    df.index.name = "attack"
+    df.attrs.update({"eps": eps, "pgd_alpha": pgd_alpha, "classes": classes})
+    return df
+
+
+def save_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write the table as JSON (.json, with its eps/classes attributes) or CSV (.csv), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".json":
+        payload = {"attrs": {k: v for k, v in df.attrs.items()},
+                   "rows": {str(i): {k: (None if isinstance(v, float) and np.isnan(v) else v)
+                                     for k, v in r.items()} for i, r in df.to_dict(orient="index").items()}}
+        tmp.write_text(json.dumps(payload, indent=1))
+    elif path.suffix == ".csv":
+        df.to_csv(tmp)
+    else:
+        raise ValueError(f"table path must end in .json or .csv, got {path}")
+    os.replace(tmp, path)
+    return path
+
+
+def load_table(path: str | os.PathLike) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no evaluation table at {path}")
+    if path.suffix == ".json":
+        payload = json.loads(path.read_text())
+        rows = payload["rows"] if "rows" in payload else payload
+        df = pd.DataFrame.from_dict(rows, orient="index")
+        df.attrs.update(payload.get("attrs", {}))
+    else:
+        df = pd.read_csv(path, index_col=0, dtype={"worst_class": str})
+    df.index.name = "attack"
+    return df
+
+
+def format_table(df: pd.DataFrame, digits: int = 1) -> str:
+    """The table as aligned text: one row per attack, summary columns then classes."""
+    out = df.copy()
+    for c in out.columns:
+        if c not in ("worst_class", "n"):
+            out[c] = out[c].astype(float).round(digits if c != "nsd" else 3)
+    return out.to_string()

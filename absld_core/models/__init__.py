@@ -1,0 +1,75 @@
+"""Model zoo (CIFAR variants, any input size) and the one pair of checkpoint functions.
+
+    model = build_model("preact_resnet18", num_classes=10)
+    model = build_model("wrn", 10, depth=34, width=10)          # the TRADES WRN-34-10 teacher
+    save_checkpoint(path, model, meta={...});  load_checkpoint(path, model)
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import CheckpointError, load_checkpoint, load_state_dict, model_from_checkpoint, save_checkpoint
+from .resnet import preact_resnet18, resnet18
+from .small import MobileNetV2, SmallCNN
+from .wrn import WideResNet
+
+MODELS = ("small_cnn", "resnet18", "preact_resnet18", "mobilenet_v2", "wrn")
+__all__ = ["build_model", "MODELS", "Normalize", "save_checkpoint", "load_checkpoint", "load_state_dict",
+           "model_from_checkpoint", "CheckpointError", "count_parameters"]
+
+
+class Normalize(nn.Module):
+    """Per-channel (x - mean) / std inside the model, so attacks still work on [0,1] pixels."""
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        if any(s <= 0 for s in std):
+            raise ValueError(f"normalisation std must be positive, got {list(std)}")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.model = model
+
+    def forward(self, x):
+        return self.model((x - self.mean) / self.std)
+
+
+def build_model(name: str, num_classes: int, in_channels: int = 3, *, mean: Sequence[float] | None = None,
+                std: Sequence[float] | None = None, depth: int = 34, width: int | None = None,
+                dropout: float = 0.0) -> nn.Module:
+    """Build a model by name: small_cnn, resnet18, preact_resnet18, mobilenet_v2, wrn (depth/width).
+
+    mean/std: optional input normalisation inside the model (both or neither).
+    width: WRN widening factor (default 10) or SmallCNN base width (default 32).
+    """
+    key = str(name).lower().replace("-", "_")
+    if key not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+    if key == "small_cnn":
+        model = SmallCNN(num_classes, in_channels, width or 32)
+    elif key == "resnet18":
+        model = resnet18(num_classes, in_channels)
+    elif key == "preact_resnet18":
+        model = preact_resnet18(num_classes, in_channels)
+    elif key == "mobilenet_v2":
+        model = MobileNetV2(num_classes, in_channels)
+    else:
+        model = WideResNet(depth, width or 10, num_classes, in_channels, dropout)
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std for input normalisation, or neither")
+    if mean is not None:
+        if len(mean) != in_channels or len(std) != in_channels:
+            raise ValueError(f"mean and std need {in_channels} values (one per input channel), "
+                             f"got {len(mean)} and {len(std)}")
+        model = Normalize(model, mean, std)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,119 @@
+"""Save and load model checkpoints: atomic writes, weights_only loads, tolerant of wrapper prefixes."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile wrappers
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or does not fit the model; the message says which keys."""
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP / DataParallel
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module | dict, meta: dict | None = None,
+                    **extra: Any) -> None:
+    """Write {'model': state_dict, 'meta': meta, **extra} atomically. meta should hold how to rebuild
+    the model (arch, num_classes, in_channels, ...) so `model_from_checkpoint` can."""
+    state = model if isinstance(model, dict) else _unwrap(model).state_dict()
+    atomic_torch_save({"model": state, "meta": dict(meta or {}), **extra}, path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint with weights_only=True; always returns a dict with 'model' and 'meta'."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path} with weights_only=True ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:300]}); it must be a torch.save'd state dict") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a state dict")
+    for key in ("model", "state_dict", "model_state_dict", "net"):
+        if key in obj and isinstance(obj[key], dict):
+            return {**obj, "model": obj[key], "meta": obj.get("meta", {})}
+    if all(isinstance(v, torch.Tensor) for v in obj.values()):  # a bare state dict (e.g. TRADES release)
+        return {"model": obj, "meta": {}}
+    raise CheckpointError(f"checkpoint {path} has no model weights (keys: {sorted(obj)[:10]})")
+
+
+def _strip(state: dict) -> dict:
+    out = {}
+    for k, v in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in _PREFIXES:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+def load_state_dict(model: nn.Module, state: dict, source: str = "checkpoint") -> nn.Module:
+    """Load weights strictly after removing wrapper prefixes; name every key that does not fit."""
+    target = _unwrap(model)
+    state = _strip(state)
+    own = target.state_dict()
+    if not any(k in own for k in state) and any(("model." + k) in own for k in state):
+        state = {"model." + k: v for k, v in state.items()}  # raw weights into a Normalize wrapper
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shape = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                   for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or shape:
+        def few(xs):
+            return ", ".join(xs[:8]) + (f" (+{len(xs) - 8} more)" if len(xs) > 8 else "")
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {few(unexpected)}")
+        if shape:
+            parts.append(f"shape mismatches: {few(shape)}")
+        raise CheckpointError(f"{source} does not fit {type(target).__name__}; " + "; ".join(parts))
+    target.load_state_dict(state)
+    return model
+
+
+def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                          **overrides: Any) -> tuple[nn.Module, dict]:
+    """Rebuild the model recorded in a checkpoint's meta (arch, num_classes, ...) and load its weights.
+    overrides (arch, num_classes, in_channels, depth, width, mean, std) fill in for external files."""
+    from . import build_model
+
+    ckpt = load_checkpoint(path, map_location)
+    meta = {**ckpt["meta"], **{k: v for k, v in overrides.items() if v is not None}}
+    if "arch" not in meta or "num_classes" not in meta:
+        raise CheckpointError(f"checkpoint {path} does not record its architecture; pass arch= and "
+                              f"num_classes= (CLI: --model NAME --num-classes N)")
+    kw = {k: meta[k] for k in ("depth", "width", "mean", "std") if meta.get(k) is not None}
+    model = build_model(meta["arch"], int(meta["num_classes"]), int(meta.get("in_channels", 3)), **kw)
+    load_state_dict(model, ckpt["model"], source=f"checkpoint {path}")
+    return model.to(map_location), meta
