@@ -122,16 +122,25 @@ def kl_to_targets(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Ten
 
 
 def pgd_kl(model: nn.Module, x: torch.Tensor, target_probs: torch.Tensor, eps: float, alpha: float,
-           steps: int, *, init_std: float = 0.001, train_mode: bool = False, amp_dtype=None) -> torch.Tensor:
+           steps: int, *, init_std: float = 0.001, x_init: torch.Tensor | None = None,
+           track_labels: torch.Tensor | None = None, train_mode: bool = False, amp_dtype=None):
     """Maximise sum KL(target_probs || softmax(model(x_adv))) from a Gaussian start x + init_std*N(0,1)
-    (the RSLAD/ABSLD inner maximisation; target_probs are the teacher's soft labels on clean x)."""
+    (the RSLAD/ABSLD inner maximisation; target_probs are the teacher's soft labels on clean x).
+
+    x_init: continue from an earlier iterate instead. track_labels: also return, per sample, the
+    first iterate at which the model misclassifies it (as pgd_boundary_steps): (x_adv, steps)."""
     _check(x, eps, alpha, steps)
     if target_probs.shape[0] != x.shape[0] or target_probs.ndim != 2:
         raise ValueError(f"target_probs must be N x C with N = {x.shape[0]}, got {tuple(target_probs.shape)}")
     target = target_probs.detach().float()
-    x0 = _project(x + init_std * torch.randn_like(x), x, eps)
+    x0 = x + init_std * torch.randn_like(x) if x_init is None else x_init
+    x0 = _project(x0.detach().clone(), x, eps)
     with model_mode(model, train_mode):
-        return _run(model, x, lambda z: kl_to_targets(z, target), x0, eps, alpha, steps, amp_dtype)
+        if track_labels is None:
+            return _run(model, x, lambda z: kl_to_targets(z, target), x0, eps, alpha, steps, amp_dtype)
+        x_adv, first, _ = _tracked(model, x, track_labels, lambda z: kl_to_targets(z, target), x0, eps,
+                                   alpha, steps, amp_dtype)
+        return x_adv, first
 
 
 def trades_kl(model: nn.Module, x: torch.Tensor, eps: float, alpha: float, steps: int, *,
@@ -143,26 +152,35 @@ def trades_kl(model: nn.Module, x: torch.Tensor, eps: float, alpha: float, steps
     return pgd_kl(model, x, p, eps, alpha, steps, init_std=init_std, amp_dtype=amp_dtype)
 
 
-def pgd_boundary_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
-                       steps: int, random_start: bool = True, *, amp_dtype=None):
-    """PGD-CE that also reports, per sample, the first iterate k (0..steps) at which the model
-    misclassifies it: 0 = already wrong at the start point, steps+1 = never crossed the boundary.
-
-    Returns (x_adv, steps_to_cross) with steps_to_cross an int64 tensor."""
-    _check(x, eps, alpha, steps)
+def _tracked(model, x, y, loss_fn, x0, eps, alpha, steps, amp_dtype):
+    """_run that records the first misclassified iterate (0..steps; steps+1 = never) and whether the
+    final iterate is misclassified. The model must already be in the wanted mode."""
     first = torch.full((x.shape[0],), steps + 1, dtype=torch.long, device=x.device)
 
     def record(k, logits):
         wrong = logits.argmax(1) != y
-        first[:] = torch.where(wrong & (first > steps), torch.full_like(first, k), first)
+        first.copy_(torch.where(wrong & (first > steps), torch.full_like(first, k), first))
+        return wrong
 
+    x_adv = _run(model, x, loss_fn, x0, eps, alpha, steps, amp_dtype, on_logits=record)
+    with torch.no_grad(), _autocast(x, amp_dtype):
+        final_wrong = record(steps, model(x_adv).float())
+    return x_adv, first, final_wrong
+
+
+def pgd_boundary_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
+                       steps: int, random_start: bool = True, *, amp_dtype=None, return_final: bool = False):
+    """PGD-CE that also reports, per sample, the first iterate k (0..steps) at which the model
+    misclassifies it: 0 = already wrong at the start point, steps+1 = never crossed the boundary.
+
+    Returns (x_adv, steps_to_cross) with steps_to_cross an int64 tensor; with return_final=True also
+    a boolean mask of the samples misclassified at the final iterate (HAM's hard set)."""
+    _check(x, eps, alpha, steps)
     x0 = _uniform_start(x, eps) if random_start else x.clone()
     with model_mode(model):
-        x_adv = _run(model, x, lambda z: F.cross_entropy(z, y, reduction="sum"), x0, eps, alpha, steps,
-                     amp_dtype, on_logits=record)
-        with torch.no_grad(), _autocast(x, amp_dtype):
-            record(steps, model(x_adv).float())
-    return x_adv, first
+        x_adv, first, final_wrong = _tracked(model, x, y, lambda z: F.cross_entropy(z, y, reduction="sum"),
+                                             x0, eps, alpha, steps, amp_dtype)
+    return (x_adv, first, final_wrong) if return_final else (x_adv, first)
 
 
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,

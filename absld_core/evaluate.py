@@ -125,8 +125,26 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     classes = list(classes) if classes is not None else [str(c) for c in range(num_classes)]
     if int(y.max()) >= num_classes or int(y.min()) < 0:
         raise ValueError(f"labels must lie in [0, {num_classes - 1}] for {num_classes} classes")
-    if seed is not None:
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        correct = _run_attacks(model, x, y, specs, eps, pgd_alpha, cw_alpha, batch_size, device, amp_dtype,
+                               aa_opts, progress)
+    rows = {}
+    y_cpu = y.cpu()
+    for s in specs:
+        acc = class_accuracies(correct[s.name], y_cpu, num_classes)
+        row = {"avg": 100.0 * correct[s.name].double().mean().item(), **summarise(acc, classes, len(y))}
+        row.update({c: float(a) for c, a in zip(classes, acc)})
+        rows[s.name] = row
+    df = pd.DataFrame.from_dict(rows, orient="index")[SUMMARY_COLUMNS + classes]
+    df.index.name = "attack"
+    df.attrs.update({"eps": eps, "pgd_alpha": pgd_alpha, "classes": classes})
+    return df
+
+
+def _run_attacks(model, x, y, specs, eps, pgd_alpha, cw_alpha, batch_size, device, amp_dtype, aa_opts, progress):
+    """Per sample and attack: correct both clean and under the attack."""
     correct = {s.name: torch.zeros(len(y), dtype=torch.bool) for s in specs}
     from tqdm.auto import tqdm
 
@@ -150,17 +168,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 correct[s.name][sl] = ok.cpu()
                 bar.update(1)
     bar.close()
-    rows = {}
-    y_cpu = y.cpu()
-    for s in specs:
-        acc = class_accuracies(correct[s.name], y_cpu, num_classes)
-        row = {"avg": 100.0 * correct[s.name].double().mean().item(), **summarise(acc, classes, len(y))}
-        row.update({c: float(a) for c, a in zip(classes, acc)})
-        rows[s.name] = row
-    df = pd.DataFrame.from_dict(rows, orient="index")[SUMMARY_COLUMNS + classes]
-    df.index.name = "attack"
-    df.attrs.update({"eps": eps, "pgd_alpha": pgd_alpha, "classes": classes})
-    return df
+    return correct
 
 
 def save_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:

@@ -1,0 +1,342 @@
+"""Training configuration: one frozen dataclass per concern, built from a dict or YAML, validated.
+
+    cfg = TrainConfig.from_dict({"name": "absld", "method": {"name": "absld", "teacher": {...}}, ...})
+    cfg = load_config("presets/x.yaml", overrides=["optim.lr=0.05", "method.eta=0.2"])
+
+Every invalid value raises ConfigError naming the field, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+METHODS = ("natural", "pgd_at", "trades", "rslad", "absld", "ham", "absld_ham")
+DISTILL_METHODS = ("rslad", "absld", "absld_ham")
+SCHEDULES = ("adaptive", "fixed", "table", "function")
+LR_SCHEDULES = ("paper300", "ham", "milestones", "constant")
+PRECISIONS = ("fp32", "bf16")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the field, the value and what is allowed."""
+
+
+def _err(field_name: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{field_name}={value!r} is invalid: {allowed}")
+
+
+def _positive_int(name, v, minimum=1):
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise _err(name, v, f"must be an integer >= {minimum}")
+
+
+def _in_range(name, v, lo, hi, lo_open=False, hi_open=False):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _err(name, v, "must be a number")
+    if (v <= lo if lo_open else v < lo) or (v >= hi if hi_open else v > hi):
+        raise _err(name, v, f"must lie in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "digits"
+    root: str | None = None
+    val_per_class: int = 20            # class-balanced validation split held out of the training set
+    train_per_class: int | None = None  # keep only this many training images per class (CPU runs)
+    test_per_class: int | None = None   # final evaluation on a class-balanced test subset (None: all)
+    augment: bool = True                # random crop (pad 4) + horizontal flip
+    pad: int = 4
+    split_seed: int = 0
+    options: dict = field(default_factory=dict)  # passed to load_dataset
+
+    def __post_init__(self):
+        from .data import KNOWN
+
+        if self.dataset not in KNOWN:
+            raise _err("data.dataset", self.dataset, f"known datasets: {', '.join(KNOWN)}")
+        _positive_int("data.val_per_class", self.val_per_class, 0)
+        for n in ("train_per_class", "test_per_class"):
+            if getattr(self, n) is not None:
+                _positive_int(f"data.{n}", getattr(self, n))
+        _positive_int("data.pad", self.pad, 0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "small_cnn"
+    width: int | None = None
+    depth: int = 34
+    mean: tuple | None = None
+    std: tuple | None = None
+
+    def __post_init__(self):
+        from .models import MODELS
+
+        if self.arch not in MODELS:
+            raise _err("model.arch", self.arch, f"known models: {', '.join(MODELS)}")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """The training attack (eps, alpha, steps) and the evaluation attacks."""
+    eps: float = 8 / 255
+    alpha: float = 2 / 255
+    steps: int = 10
+    eval_alpha: float = 0.003          # PGD-20 step of the ABSLD/RSLAD evaluation (HAM: eps/4)
+    val_attacks: tuple = ("clean", "pgd10")
+    test_attacks: tuple = ("clean", "fgsm", "pgd20", "cw30")
+    amp_dtype: str | None = None       # None: fp32 attacks; 'bf16' runs attack passes under autocast
+
+    def __post_init__(self):
+        from .evaluate import parse_attack
+
+        _in_range("attack.eps", self.eps, 0, 1, lo_open=True)
+        _in_range("attack.alpha", self.alpha, 0, 1, lo_open=True)
+        _in_range("attack.eval_alpha", self.eval_alpha, 0, 1, lo_open=True)
+        _positive_int("attack.steps", self.steps, 1)
+        for name in ("val_attacks", "test_attacks"):
+            for a in getattr(self, name):
+                try:
+                    parse_attack(a)
+                except ValueError as e:
+                    raise ConfigError(f"attack.{name}: {e}") from e
+        if self.amp_dtype not in (None, "bf16"):
+            raise _err("attack.amp_dtype", self.amp_dtype, "None (fp32) or 'bf16'")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    checkpoint: str | None = None   # a checkpoint file, or a run directory (its fair_best/last checkpoint)
+    arch: str | None = None         # needed for external state dicts that record no architecture
+    width: int | None = None
+    depth: int | None = None
+    which: str = "fair_best"        # checkpoint of a run directory: fair_best, best or last
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str = "pgd_at"
+    teacher: TeacherConfig | None = None
+    beta: float = 6.0                        # TRADES
+    label_smoothing: Any = 0.0               # float, or one value per class (natural, pgd_at, ham)
+    adv_weight: float = 5 / 6                # distillation: weight of the adversarial term
+    nat_weight: float = 1 / 6
+    kd_scale: float = 1.0                    # 10 on CIFAR-100 (RSLAD) undoes the 1/C of the KD loss
+    schedule: str = "adaptive"               # ABSLD temperatures: adaptive, fixed, table, function
+    eta: float = 0.1
+    eta_follows_lr: bool = True              # eta is multiplied by 0.1 whenever the lr is
+    tau_min: float = 0.5
+    tau_max: float = 5.0
+    tau_init_adv: Any = 1.0                  # float or one value per class
+    tau_init_nat: Any = 1.0
+    tau_table_adv: tuple | None = None       # schedule='table': one row (C temperatures) per epoch
+    tau_table_nat: tuple | None = None
+    tau_function: Callable | None = None     # schedule='function': f(epoch, risk_adv, risk_nat, tau_adv, tau_nat)
+    coupled_temperatures: bool = False       # the released script's quirk: both use z_T / (t_adv * t_nat)
+    fair_reweight: bool = False              # Fair-ARD style class weights (1/k_c)^2, clamped [5/6, 5/2]
+    ham_start_epoch: int = 1                 # HAM: first epoch (1-based) with early dropping; before: PGD-AT
+    ham_early_steps: int = 3                 # M
+    ham_weighting: str = "uniform"           # or 'hardness'
+
+    def __post_init__(self):
+        if self.name not in METHODS:
+            raise _err("method.name", self.name, f"known methods: {', '.join(METHODS)}")
+        if self.name in DISTILL_METHODS and (self.teacher is None or self.teacher.checkpoint is None):
+            raise ConfigError(f"method.name={self.name!r} distils from a teacher: set method.teacher.checkpoint "
+                              f"to a teacher checkpoint or run directory")
+        if self.schedule not in SCHEDULES:
+            raise _err("method.schedule", self.schedule, f"one of {', '.join(SCHEDULES)}")
+        _in_range("method.tau_min", self.tau_min, 0, float("inf"), lo_open=True)
+        if not self.tau_min < self.tau_max:
+            raise ConfigError(f"method.tau_min={self.tau_min} and method.tau_max={self.tau_max} are inverted: "
+                              f"tau_min must be smaller than tau_max")
+        _in_range("method.eta", self.eta, 0, float("inf"))
+        _in_range("method.beta", self.beta, 0, float("inf"))
+        if self.schedule == "table" and self.tau_table_adv is None and self.tau_table_nat is None:
+            raise ConfigError("method.schedule='table' needs method.tau_table_adv and/or method.tau_table_nat "
+                              "(one row of class temperatures per epoch)")
+        if self.schedule == "function" and not callable(self.tau_function):
+            raise ConfigError("method.schedule='function' needs method.tau_function, a callable "
+                              "f(epoch, risk_adv, risk_nat, tau_adv, tau_nat) -> (tau_adv, tau_nat)")
+        _positive_int("method.ham_start_epoch", self.ham_start_epoch, 1)
+        _positive_int("method.ham_early_steps", self.ham_early_steps, 0)
+        if self.ham_weighting not in ("uniform", "hardness"):
+            raise _err("method.ham_weighting", self.ham_weighting, "'uniform' or 'hardness'")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    schedule: str = "paper300"     # paper300: x0.1 at 215/260/285 of 300, scaled to `epochs`;
+                                   # ham: /10, /100, /200 at 50%, 75%, 91.7%; milestones; constant
+    milestones: tuple = ()         # schedule='milestones': epochs after which lr is multiplied by gamma
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+
+    def __post_init__(self):
+        _positive_int("optim.epochs", self.epochs)
+        _positive_int("optim.batch_size", self.batch_size)
+        _in_range("optim.lr", self.lr, 0, float("inf"), lo_open=True)
+        _in_range("optim.momentum", self.momentum, 0, 1)
+        _in_range("optim.weight_decay", self.weight_decay, 0, float("inf"))
+        if self.schedule not in LR_SCHEDULES:
+            raise _err("optim.schedule", self.schedule, f"one of {', '.join(LR_SCHEDULES)}")
+        for m in self.milestones:
+            if not isinstance(m, int) or not (1 <= m < self.epochs):
+                raise ConfigError(f"optim.milestones={list(self.milestones)} is invalid: milestone {m!r} must be "
+                                  f"an integer in [1, {self.epochs - 1}] (before the last epoch)")
+        _positive_int("optim.warmup_epochs", self.warmup_epochs, 0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "run"
+    out_dir: str = "runs"
+    seed: int = 0
+    device: str = "cpu"
+    precision: str = "fp32"        # fp32, or bf16 autocast for the training passes
+    channels_last: bool = False
+    compile: bool = False
+    eval_every: int = 1            # class-wise validation evaluation every N epochs (and at the end)
+    final_checkpoint: str = "fair_best"   # evaluated on the test set: last, best or fair_best
+    resume: bool = False
+    overwrite: bool = False
+    stop_after: int | None = None  # stop (resumable, as if interrupted) after this epoch
+    progress: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self):
+        if not self.name or "/" in self.name:
+            raise _err("name", self.name, "a non-empty run name without '/'")
+        if self.precision not in PRECISIONS:
+            raise _err("precision", self.precision, f"one of {', '.join(PRECISIONS)}")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise _err("device", self.device, "'cpu', 'cuda' or 'cuda:N'")
+        _positive_int("eval_every", self.eval_every)
+        if self.stop_after is not None:
+            _positive_int("stop_after", self.stop_after)
+        if self.final_checkpoint not in ("last", "best", "fair_best"):
+            raise _err("final_checkpoint", self.final_checkpoint, "'last', 'best' or 'fair_best'")
+        if self.method.name == "ham" or self.method.name == "absld_ham":
+            if self.method.ham_early_steps >= self.attack.steps:
+                raise ConfigError(f"method.ham_early_steps={self.method.ham_early_steps} must be smaller than "
+                                  f"attack.steps={self.attack.steps} (M < K)")
+
+    # ------------------------------------------------------------ construction and serialisation
+    @classmethod
+    def from_dict(cls, d: dict | "TrainConfig") -> "TrainConfig":
+        if isinstance(d, TrainConfig):
+            return d
+        if not isinstance(d, dict):
+            raise ConfigError(f"a training config must be a dict or TrainConfig, got {type(d).__name__}")
+        return _build(cls, d, "")
+
+    def to_dict(self) -> dict:
+        def conv(v):
+            if dataclasses.is_dataclass(v):
+                return {f.name: conv(getattr(v, f.name)) for f in fields(v)}
+            if callable(v):
+                return f"<function {getattr(v, '__qualname__', repr(v))}>"
+            if isinstance(v, tuple):
+                return [conv(x) for x in v]
+            return v
+        return conv(self)
+
+    def replace(self, **overrides) -> "TrainConfig":
+        return TrainConfig.from_dict(apply_overrides(self.to_dict_raw(), overrides))
+
+    def to_dict_raw(self) -> dict:
+        """Like to_dict but keeps callables (for building a modified copy)."""
+        def conv(v):
+            if dataclasses.is_dataclass(v):
+                return {f.name: conv(getattr(v, f.name)) for f in fields(v)}
+            return v
+        return conv(self)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+_NESTED = {"data": DataConfig, "model": ModelConfig, "attack": AttackConfig, "method": MethodConfig,
+           "optim": OptimConfig, "teacher": TeacherConfig}
+
+
+def _build(cls, d: dict, prefix: str):
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown field(s) {', '.join(prefix + u for u in unknown)}; allowed in "
+                          f"{prefix.rstrip('.') or 'the top level'}: {', '.join(known)}")
+    kw = {}
+    for k, v in d.items():
+        if k in _NESTED and isinstance(v, dict):
+            v = _build(_NESTED[k], v, f"{prefix}{k}.")
+        elif isinstance(v, list):
+            v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+        kw[k] = v
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise ConfigError(f"{prefix or 'config'}: {e}") from e
+
+
+def _parse_value(text: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(d: dict, overrides: dict | list[str] | None) -> dict:
+    """Apply {'optim.lr': 0.05} or ['optim.lr=0.05'] to a nested dict (a deep copy is returned)."""
+    d = copy.deepcopy(d)
+    if not overrides:
+        return d
+    items = overrides.items() if isinstance(overrides, dict) else []
+    if isinstance(overrides, (list, tuple)):
+        pairs = []
+        for s in overrides:
+            if "=" not in s:
+                raise ConfigError(f"override {s!r} must look like key.sub=value")
+            k, v = s.split("=", 1)
+            pairs.append((k.strip(), _parse_value(v)))
+        items = pairs
+    for key, value in items:
+        node = d
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if node.get(p) is None:
+                node[p] = {}
+            if not isinstance(node[p], dict):
+                raise ConfigError(f"override {key!r}: {p!r} is not a section")
+            node = node[p]
+        node[parts[-1]] = value
+    return d
+
+
+def load_config(path: str | Path | dict, overrides=None) -> TrainConfig:
+    """Read a YAML/JSON training config (or take a dict) and apply key=value overrides."""
+    if isinstance(path, dict):
+        raw = path
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        raw = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of fields, got {type(raw).__name__}")
+    return TrainConfig.from_dict(apply_overrides(raw, overrides))

@@ -1,0 +1,333 @@
+"""The one training engine: every teacher and student method runs through `train(config)`.
+
+    run_dir = train({"name": "absld", "method": {"name": "absld", "teacher": {"checkpoint": "runs/t"}}})
+
+Per epoch: the method's steps, class-wise risks (vectorised), the method's bookkeeping (temperatures),
+one line in history.jsonl, a class-wise validation evaluation every `eval_every` epochs that keeps the
+best (Avg PGD) and fair-best (Avg + Worst PGD) checkpoints, and last.pt for resuming. At the end the
+chosen checkpoint is evaluated class-wise on the test set into metrics.json.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .data import BatchIterator, Dataset, load_dataset
+from .distributed import DistInfo, all_reduce_sum, barrier, init_from_env
+from .evaluate import evaluate, save_table
+from .methods import Distill, Method, StepContext, build_method
+from .models import build_model, load_checkpoint, load_state_dict, model_from_checkpoint, save_checkpoint
+from .models.checkpoint import atomic_torch_save
+from .runs import RunDir, RunExistsError, write_json_atomic
+from .schedule import lr_at, lr_factor
+
+__all__ = ["train", "NonFiniteLossError", "RunExistsError", "prepare_data", "load_teacher", "MultiView"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the run directory keeps the last good checkpoint."""
+
+
+class MultiView(nn.Module):
+    """forward(*batches) -> one logits tensor per batch, in a single module call, so that methods with
+    two training passes (adversarial and clean) work under DistributedDataParallel."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *xs):
+        return tuple(self.model(x) for x in xs)
+
+
+# ---------------------------------------------------------------------------------------- setup
+def prepare_data(cfg: TrainConfig) -> Dataset:
+    d = cfg.data
+    ds = load_dataset(d.dataset, d.root, **d.options)
+    if d.train_per_class:
+        ds = ds.train_subset(d.train_per_class, seed=d.split_seed)
+    if d.val_per_class:
+        ds = ds.split_validation(d.val_per_class, seed=d.split_seed)
+    if d.test_per_class:
+        tx, ty = ds.test_subset(d.test_per_class, seed=d.split_seed)
+        ds.test_x, ds.test_y = tx, ty
+    return ds
+
+
+def model_meta(cfg: TrainConfig, ds: Dataset) -> dict:
+    m = cfg.model
+    return {"arch": m.arch, "num_classes": ds.num_classes, "in_channels": ds.image_shape[0], "width": m.width,
+            "depth": m.depth, "mean": list(m.mean) if m.mean else None, "std": list(m.std) if m.std else None,
+            "classes": ds.classes, "method": cfg.method.name, "run": cfg.name}
+
+
+def build_student(cfg: TrainConfig, ds: Dataset) -> nn.Module:
+    m = cfg.model
+    kw = {"mean": m.mean, "std": m.std, "depth": m.depth}
+    if m.width is not None:
+        kw["width"] = m.width
+    return build_model(m.arch, ds.num_classes, ds.image_shape[0], **kw)
+
+
+def load_teacher(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
+    """The frozen teacher from a checkpoint file or a run directory (its fair_best, best or last)."""
+    t = cfg.method.teacher
+    path = Path(t.checkpoint)
+    if path.is_dir():
+        cands = [path / f"{t.which}.pt", path / "last.pt"]
+        found = [c for c in cands if c.is_file()]
+        if not found:
+            raise FileNotFoundError(f"method.teacher.checkpoint={str(path)!r} is a directory without "
+                                    f"{t.which}.pt or last.pt; train the teacher first or name a checkpoint file")
+        path = found[0]
+    elif not path.is_file():
+        raise FileNotFoundError(f"method.teacher.checkpoint={str(path)!r} does not exist")
+    over = {"arch": t.arch, "width": t.width, "depth": t.depth}
+    ckpt_meta = load_checkpoint(path)["meta"]
+    if "num_classes" not in ckpt_meta:
+        over["num_classes"] = num_classes
+    teacher, meta = model_from_checkpoint(path, device, **over)
+    if int(meta["num_classes"]) != num_classes:
+        raise ValueError(f"teacher {path} predicts {meta['num_classes']} classes but the data has {num_classes}")
+    teacher.eval().requires_grad_(False)
+    return teacher
+
+
+def _rng_state(device: torch.device) -> dict:
+    s = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        s["cuda"] = torch.cuda.get_rng_state(device)
+    return s
+
+
+def _set_rng_state(s: dict, device: torch.device) -> None:
+    torch.set_rng_state(s["cpu"])
+    if device.type == "cuda" and "cuda" in s:
+        torch.cuda.set_rng_state(s["cuda"], device)
+
+
+def _prepare_run_dir(cfg: TrainConfig, run: RunDir, info: DistInfo) -> bool:
+    """Returns True when the run should resume from last.pt; raises when the directory is taken."""
+    if not run.exists():
+        return False
+    if cfg.overwrite:
+        if info.is_main:
+            shutil.rmtree(run.path)
+        barrier(info)
+        return False
+    if cfg.resume:
+        return run.last.is_file()
+    what = "a finished run" if run.finished() else "an unfinished run"
+    raise RunExistsError(f"{run.path} already holds {what}; pass resume=True to continue it (or use it as it is) "
+                         f"or overwrite=True to start again")
+
+
+# ---------------------------------------------------------------------------------------- training
+def train(config, *, info: DistInfo | None = None) -> Path:
+    """Train one run described by `config` (dict or TrainConfig); returns the run directory."""
+    cfg = TrainConfig.from_dict(config)
+    info = info or init_from_env(cfg.device)
+    device = torch.device(cfg.device if not (info.enabled and cfg.device.startswith("cuda"))
+                          else f"cuda:{info.local_rank}")
+    run = RunDir(cfg.run_dir)
+    resume = _prepare_run_dir(cfg, run, info)
+    if resume and run.finished():
+        return run.path
+    barrier(info)
+    torch.manual_seed(cfg.seed + info.rank)
+    mf = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    ds = prepare_data(cfg)
+    meta = model_meta(cfg, ds)
+    model = build_student(cfg, ds).to(device, memory_format=mf)
+    method: Method = build_method(cfg.method, ds.num_classes, device)
+    teacher = None
+    if method.needs_teacher:
+        teacher = load_teacher(cfg, ds.num_classes, device).to(memory_format=mf)
+    fused = device.type == "cuda"
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                          weight_decay=cfg.optim.weight_decay, **({"fused": True} if fused else {}))
+    loader = BatchIterator(ds.train_x, ds.train_y, cfg.optim.batch_size, shuffle=True, augment=cfg.data.augment,
+                           pad=cfg.data.pad, seed=cfg.seed, device=device, memory_format=mf,
+                           rank=info.rank, world_size=info.world_size, drop_last=info.enabled)
+    if len(loader) == 0:
+        raise ValueError(f"optim.batch_size={cfg.optim.batch_size} leaves no batch for {len(ds.train_y)} "
+                         f"training images over {info.world_size} process(es)")
+
+    start, best = 1, {"best": -1.0, "fair_best": -1.0}
+    if resume:
+        ck = load_checkpoint(run.last, device)
+        load_state_dict(model, ck["model"], source=str(run.last))
+        opt.load_state_dict(ck["optimizer"])
+        method.load_state_dict(ck["method"])
+        _set_rng_state(ck["rng"], device)
+        start, best = int(ck["epoch"]) + 1, dict(ck["best"])
+        if info.is_main:
+            run.truncate_history(int(ck["epoch"]))
+    if info.is_main:
+        write_json_atomic(run.config, {**cfg.to_dict(), "resolved": {"num_classes": ds.num_classes,
+                                       "classes": ds.classes, "image_shape": list(ds.image_shape),
+                                       "train_size": len(ds.train_y), "world_size": info.world_size,
+                                       "torch": torch.__version__}})
+        run.set_status("running", epoch=start - 1)
+
+    net = torch.compile(model) if cfg.compile else model
+    fwd: nn.Module = MultiView(net)
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.precision == "bf16"
+                else contextlib.nullcontext)
+    attack_dtype = torch.bfloat16 if cfg.attack.amp_dtype == "bf16" else None
+
+    try:
+        for epoch in range(start, cfg.optim.epochs + 1):
+            record = _train_epoch(cfg, epoch, model, net, fwd, teacher, method, opt, loader, device, info,
+                                  autocast, attack_dtype, ds.num_classes)
+            if info.is_main and (epoch % cfg.eval_every == 0 or epoch == cfg.optim.epochs):
+                record["val"] = _validate(cfg, model, ds, device, run, meta, epoch, best)
+            if info.is_main:
+                run.append_history(record)
+                atomic_torch_save({"model": model.state_dict(), "meta": meta, "optimizer": opt.state_dict(),
+                                   "method": method.state_dict(), "rng": _rng_state(device), "epoch": epoch,
+                                   "best": best}, run.last)
+                run.set_status("running", epoch=epoch)
+            barrier(info)
+            if cfg.stop_after is not None and epoch >= cfg.stop_after and epoch < cfg.optim.epochs:
+                if info.is_main:
+                    run.set_status("stopped", epoch=epoch)
+                return run.path
+        if info.is_main:
+            _final_eval(cfg, ds, device, run, meta)
+        barrier(info)
+    except BaseException as e:
+        if info.is_main:
+            run.set_status("failed", error=f"{type(e).__name__}: {e}",
+                           last_checkpoint_epoch=(load_checkpoint(run.last)["epoch"] if run.last.is_file() else None))
+        raise
+    return run.path
+
+
+def _train_epoch(cfg, epoch, model, net, fwd, teacher, method, opt, loader, device, info, autocast,
+                 attack_dtype, C) -> dict:
+    loader.set_epoch(epoch)
+    method.start_epoch(epoch)
+    model.train()
+    nb = len(loader)
+    risk_adv = torch.zeros(C, dtype=torch.float64, device=device)
+    risk_nat = torch.zeros(C, dtype=torch.float64, device=device)
+    count = torch.zeros(C, dtype=torch.float64, device=device)
+    kept = torch.zeros((), dtype=torch.float64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    n_loss = torch.zeros((), dtype=torch.float64, device=device)
+    has_adv = has_nat = has_kept = False
+    check_every = 1 if device.type == "cpu" else 25
+    ctx = StepContext(raw=net, forward=fwd, eps=cfg.attack.eps, alpha=cfg.attack.alpha, steps=cfg.attack.steps,
+                      epoch=epoch, num_classes=C, teacher=teacher, autocast=autocast, attack_dtype=attack_dtype)
+    bar = tqdm(total=nb, desc=f"{cfg.name} {epoch}/{cfg.optim.epochs}", disable=not (cfg.progress and info.is_main),
+               leave=False)
+    t0, seen = time.perf_counter(), 0
+    lr = cfg.optim.lr
+    for b, (x, y) in enumerate(loader):
+        lr = lr_at(cfg.optim, epoch, b, nb)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        out = method.step(x, y, ctx)
+        count.index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
+        seen += len(y)
+        if out.kept is not None:
+            kept += out.kept.sum()
+            has_kept = True
+        loss = out.loss
+        if loss is None and info.enabled:  # every process must join the gradient all-reduce
+            (z,) = fwd(x[:1])
+            loss = z.float().sum() * 0.0
+        if loss is None:
+            continue
+        if b % check_every == 0 or b == nb - 1:
+            if not torch.isfinite(loss).item():
+                raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {b + 1} of {nb}; "
+                                         f"the run keeps its last good checkpoint (epoch {epoch - 1}); lower "
+                                         f"optim.lr or check the inputs, then resume")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if out.loss is not None:
+            loss_sum += loss.detach().double() * len(y)
+            n_loss += len(y)
+        if out.ce_adv is not None:
+            risk_adv.index_add_(0, out.risk_y, out.ce_adv.double())
+            has_adv = True
+        if out.ce_nat is not None:
+            risk_nat.index_add_(0, out.risk_y, out.ce_nat.double())
+            has_nat = True
+        if cfg.progress and info.is_main and (b % 10 == 0 or b == nb - 1):
+            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        bar.update(1)
+    bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    for t in (risk_adv, risk_nat, count, kept, loss_sum, n_loss):
+        all_reduce_sum(t, info)
+    if isinstance(method, Distill) and method.cfg.fair_reweight:
+        method.reduce_steps(lambda t: all_reduce_sum(t, info))
+    denom = count.clamp_min(1)
+    r_adv = (risk_adv / denom).cpu() if has_adv else None
+    r_nat = (risk_nat / denom).cpu() if has_nat else None
+    extra = method.end_epoch(epoch, r_adv if r_adv is not None else torch.zeros(C),
+                             r_nat if r_nat is not None else torch.zeros(C),
+                             lr_factor(cfg.optim, epoch + 1), {})
+    total = float(count.sum())
+    record = {"epoch": epoch, "lr": lr, "loss": float(loss_sum / n_loss.clamp_min(1)), "seconds": seconds,
+              "images_per_second": total / seconds if seconds > 0 else None, "samples": total}
+    if r_adv is not None:
+        record["class_risk_adv"] = r_adv.tolist()
+    if r_nat is not None:
+        record["class_risk_nat"] = r_nat.tolist()
+    if has_kept:
+        record["kept_fraction"] = float(kept) / total
+    record.update(extra)
+    return record
+
+
+def _validate(cfg, model, ds, device, run, meta, epoch, best) -> dict:
+    """Class-wise evaluation on the validation split; keeps best.pt and fair_best.pt."""
+    if ds.val_x is None:
+        return {}
+    df = evaluate(model, ds.val_x, ds.val_y, cfg.attack.val_attacks, classes=ds.classes, eps=cfg.attack.eps,
+                  pgd_alpha=cfg.attack.eval_alpha, device=device, progress=False)
+    robust = [a for a in df.index if a != "clean"]
+    key = robust[-1] if robust else "clean"
+    avg, worst = float(df.loc[key, "avg"]), float(df.loc[key, "worst"])
+    scores = {"best": avg, "fair_best": avg + worst}
+    for which, score in scores.items():
+        if score > best[which]:
+            best[which] = score
+            save_checkpoint(run.checkpoint(which), model, meta={**meta, "epoch": epoch, "selected_by": key,
+                                                                "score": score})
+    return {a: {"avg": float(df.loc[a, "avg"]), "worst": float(df.loc[a, "worst"]),
+                "worst_class": str(df.loc[a, "worst_class"]), "nsd": float(df.loc[a, "nsd"]),
+                "class_acc": [float(df.loc[a, c]) for c in ds.classes]} for a in df.index}
+
+
+def _final_eval(cfg, ds, device, run, meta) -> None:
+    path = run.checkpoint(cfg.final_checkpoint)
+    if not path.is_file():
+        path = run.last
+    model, ck_meta = model_from_checkpoint(path, device)
+    ck_epoch = ck_meta.get("epoch", cfg.optim.epochs if path == run.last else None)
+    df = evaluate(model, ds.test_x, ds.test_y, cfg.attack.test_attacks, classes=ds.classes, eps=cfg.attack.eps,
+                  pgd_alpha=cfg.attack.eval_alpha, device=device, progress=cfg.progress)
+    df.attrs.update({"checkpoint": path.name, "checkpoint_epoch": ck_epoch, "run": cfg.name,
+                     "method": cfg.method.name, "test_size": len(ds.test_y)})
+    save_table(df, run.metrics)
+    save_table(df, run.path / "metrics.csv")
+    run.set_status("finished", epoch=cfg.optim.epochs)

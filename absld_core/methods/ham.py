@@ -1,0 +1,74 @@
+"""HAM: hard adversarial example mining with early dropping; and ABSLD trained on HAM's hard set.
+
+Per batch (after the warm-up epochs of plain PGD-AT / ABSLD): M PGD-CE steps on the whole batch;
+the examples still classified correctly are dropped; K - M more steps and the training pass run on
+the hard set H only; the loss is the mean over H (an empty H contributes nothing).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import attacks as A
+from .base import StepContext, StepOutput
+from .baselines import PGDAT
+from .distill import ABSLD
+
+
+def mine_hard(ctx: StepContext, x, y, early_steps: int):
+    """The first M PGD-CE steps: returns (x_M, first crossing step, hard mask = wrong at x_M)."""
+    return A.pgd_boundary_steps(ctx.raw, x, y, ctx.eps, ctx.alpha, early_steps, amp_dtype=ctx.attack_dtype,
+                                return_final=True)
+
+
+def hardness_weights(first_cross: torch.Tensor, early_steps: int) -> torch.Tensor:
+    """Weight of a hard example: M + 1 - (step at which it first crossed), normalised to mean 1.
+    An example that crossed at once weighs most."""
+    w = (early_steps + 1 - first_cross.clamp(max=early_steps)).float()
+    return w / w.mean()
+
+
+class HAM(PGDAT):
+    def step(self, x, y, ctx: StepContext) -> StepOutput:
+        c = self.cfg
+        if ctx.epoch < c.ham_start_epoch:
+            out = super().step(x, y, ctx)
+            out.kept = torch.ones_like(y, dtype=torch.bool)
+            return out
+        x_m, first, hard = mine_hard(ctx, x, y, c.ham_early_steps)
+        if not hard.any():
+            return StepOutput(None, kept=hard)
+        xh, yh = x[hard], y[hard]
+        x_adv = A.pgd(ctx.raw, xh, yh, ctx.eps, ctx.alpha, ctx.steps - c.ham_early_steps, x_init=x_m[hard],
+                      amp_dtype=ctx.attack_dtype)
+        with ctx.autocast():
+            (z,) = ctx.forward(x_adv)
+        per = -(self.targets(yh) * F.log_softmax(z.float(), 1)).sum(1)
+        w = hardness_weights(first[hard], c.ham_early_steps) if c.ham_weighting == "hardness" else None
+        loss = per.mean() if w is None else (per * w).mean()
+        ce = F.cross_entropy(z.float(), yh, reduction="none").detach()
+        return StepOutput(loss, yh, ce, None, kept=hard)
+
+
+class ABSLDHAM(ABSLD):
+    """ABSLD's tempered teacher targets on HAM's hard set: M PGD-CE steps pick H, then K - M steps of
+    the ABSLD KL attack from x_M, and the ABSLD loss over H. Class risks are sums over H divided by
+    all samples of the class (a dropped example counts as zero risk)."""
+
+    def step(self, x, y, ctx: StepContext) -> StepOutput:
+        c = self.cfg
+        if ctx.epoch < c.ham_start_epoch:
+            out = super().step(x, y, ctx)
+            out.kept = torch.ones_like(y, dtype=torch.bool)
+            return out
+        p_adv, p_nat = self.teacher_targets(x, y, ctx)
+        x_m, first, hard = mine_hard(ctx, x, y, c.ham_early_steps)
+        if c.fair_reweight:
+            self.record_steps(y, first)
+        if not hard.any():
+            return StepOutput(None, kept=hard)
+        xh, yh = x[hard], y[hard]
+        x_adv = A.pgd_kl(ctx.raw, xh, p_adv[hard], ctx.eps, ctx.alpha, ctx.steps - c.ham_early_steps,
+                         x_init=x_m[hard], amp_dtype=ctx.attack_dtype)
+        loss, ce_adv, ce_nat = self.distill_loss(x_adv, xh, yh, p_adv[hard], p_nat[hard], ctx)
+        return StepOutput(loss, yh, ce_adv, ce_nat, kept=hard)

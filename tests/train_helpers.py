@@ -1,0 +1,22 @@
+"""Shared tiny configurations for the training tests (synthetic data, a 4-wide CNN, CPU)."""
+import copy
+
+
+def tiny(name, method_name, out_dir, **over):
+    cfg = {
+        "name": name, "out_dir": str(out_dir), "progress": False, "seed": 0,
+        "data": {"dataset": "synthetic", "val_per_class": 4, "augment": True, "pad": 2,
+                 "options": {"num_classes": 4, "train_per_class": 24, "test_per_class": 8, "image_size": 8}},
+        "model": {"arch": "small_cnn", "width": 4},
+        "attack": {"eps": 8 / 255, "alpha": 2 / 255, "steps": 4, "val_attacks": ["clean", "pgd3"],
+                   "test_attacks": ["clean", "pgd5"]},
+        "method": {"name": method_name, "ham_early_steps": 2},
+        "optim": {"epochs": 2, "batch_size": 16, "lr": 0.05, "schedule": "constant"},
+    }
+    for key, value in over.items():
+        node = cfg
+        parts = key.split("__")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = copy.deepcopy(value)
+    return cfg
