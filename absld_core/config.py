@@ -73,6 +73,7 @@ class ModelConfig:
     depth: int = 34
     mean: tuple | None = None
     std: tuple | None = None
+    init_checkpoint: str | None = None   # start from these weights (fine-tuning); ignored on resume
 
     def __post_init__(self):
         from .models import MODELS
@@ -91,6 +92,7 @@ class AttackConfig:
     val_attacks: tuple = ("clean", "pgd10")
     test_attacks: tuple = ("clean", "fgsm", "pgd20", "cw30")
     amp_dtype: str | None = None       # None: fp32 attacks; 'bf16' runs attack passes under autocast
+    aa_iters: int | None = None        # AutoAttack iterations in evaluation (None: the standard 100)
 
     def __post_init__(self):
         from .evaluate import parse_attack
@@ -105,6 +107,8 @@ class AttackConfig:
                     parse_attack(a)
                 except ValueError as e:
                     raise ConfigError(f"attack.{name}: {e}") from e
+        if self.aa_iters is not None:
+            _positive_int("attack.aa_iters", self.aa_iters)
         if self.amp_dtype not in (None, "bf16"):
             raise _err("attack.amp_dtype", self.amp_dtype, "None (fp32) or 'bf16'")
 

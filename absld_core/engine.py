@@ -162,6 +162,11 @@ def train(config, *, info: DistInfo | None = None) -> Path:
                          f"training images over {info.world_size} process(es)")
 
     start, best = 1, {"best": -1.0, "fair_best": -1.0}
+    if cfg.model.init_checkpoint and not resume:
+        init = Path(cfg.model.init_checkpoint)
+        if not init.is_file():
+            raise FileNotFoundError(f"model.init_checkpoint={str(init)!r} does not exist")
+        load_state_dict(model, load_checkpoint(init, device)["model"], source=str(init))
     if resume:
         ck = load_checkpoint(run.last, device)
         load_state_dict(model, ck["model"], source=str(run.last))
@@ -325,7 +330,8 @@ def _final_eval(cfg, ds, device, run, meta) -> None:
     model, ck_meta = model_from_checkpoint(path, device)
     ck_epoch = ck_meta.get("epoch", cfg.optim.epochs if path == run.last else None)
     df = evaluate(model, ds.test_x, ds.test_y, cfg.attack.test_attacks, classes=ds.classes, eps=cfg.attack.eps,
-                  pgd_alpha=cfg.attack.eval_alpha, device=device, progress=cfg.progress)
+                  pgd_alpha=cfg.attack.eval_alpha, device=device, progress=cfg.progress,
+                  aa_opts={"n_iter": cfg.attack.aa_iters} if cfg.attack.aa_iters else None)
     df.attrs.update({"checkpoint": path.name, "checkpoint_epoch": ck_epoch, "run": cfg.name,
                      "method": cfg.method.name, "test_size": len(ds.test_y)})
     save_table(df, run.metrics)

@@ -1,0 +1,131 @@
+"""Study building blocks shared by the notebooks and the bench scripts: a teacher and every student
+method under one budget, and the comparison tables built from run directories alone."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+from .config import apply_overrides
+from .runs import RunDir, load_run
+
+STUDENT_METHODS = ("pgd_at", "trades", "rslad", "absld", "ham", "absld_ham")
+DISTILL = ("rslad", "absld", "absld_ham")
+
+
+_VOLATILE = ("resume", "overwrite", "progress", "stop_after", "resolved")
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the fields that differ between two config dicts (volatile fields ignored)."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if k in _VOLATILE:
+            continue
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(prefix + k)
+    return out
+
+
+def run_or_resume(cfg: dict, log=print) -> Path:
+    """Train a run: reuse a finished run with the same config, continue an unfinished one, and train
+    again (saying why) when the config changed."""
+    from .config import TrainConfig
+    from .engine import train
+
+    run = RunDir(Path(cfg.get("out_dir", "runs")) / cfg["name"])
+    if not run.config.is_file():
+        return train({**cfg, "resume": False, "overwrite": run.exists()})
+    new = json.loads(json.dumps(TrainConfig.from_dict({**cfg, "resume": False, "overwrite": False}).to_dict()))
+    changed = config_changes(json.loads(run.config.read_text()), new)
+    if changed:
+        log(f"{run.path}: configuration changed ({', '.join(changed[:6])}); training again")
+        return train({**cfg, "resume": False, "overwrite": True})
+    return train({**cfg, "resume": True, "overwrite": False})
+
+
+def student_configs(base: dict, teacher_dir: str | Path, methods: Iterable[str] = STUDENT_METHODS,
+                    method_options: dict | None = None) -> dict[str, dict]:
+    """One config per student method, identical but for the method (and its teacher)."""
+    out = {}
+    for m in methods:
+        cfg = copy.deepcopy(base)
+        method = {"name": m, **copy.deepcopy((method_options or {}).get(m, {}))}
+        if m in DISTILL:
+            method["teacher"] = {"checkpoint": str(teacher_dir)}
+        shared = {k: v for k, v in cfg.get("method", {}).items() if k not in ("name", "teacher")}
+        cfg["method"] = {**shared, **method}
+        cfg["name"] = f"{base.get('name', 'student')}-{m}"
+        out[m] = cfg
+    return out
+
+
+def train_students(base: dict, teacher_dir: str | Path, methods: Iterable[str] = STUDENT_METHODS,
+                   method_options: dict | None = None) -> dict[str, Path]:
+    return {m: run_or_resume(c) for m, c in student_configs(base, teacher_dir, methods, method_options).items()}
+
+
+def summary_table(runs: dict[str, str | Path], attacks: Sequence[str] | None = None) -> pd.DataFrame:
+    """Avg / Worst / NSD per method and attack from the runs' metrics.json (rows: methods)."""
+    rows = {}
+    for label, path in runs.items():
+        rec = load_run(path)
+        df = rec["metrics"]
+        if df is None:
+            continue
+        hist = rec["history"]
+        row = {}
+        for a in (attacks or df.index):
+            if a not in df.index:
+                continue
+            for col in ("avg", "worst", "nsd"):
+                row[(a, col)] = float(df.loc[a, col])
+            row[(a, "worst_class")] = df.loc[a, "worst_class"]
+        if len(hist):
+            row[("train", "seconds")] = float(hist["seconds"].sum())
+            if "kept_fraction" in hist:
+                row[("train", "kept_fraction")] = float(hist["kept_fraction"].mean())
+        rows[label] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    if len(table.columns):
+        table.columns = pd.MultiIndex.from_tuples(table.columns)
+    return table
+
+
+def class_table(runs: dict[str, str | Path], attack: str = "pgd20") -> pd.DataFrame:
+    """Method x class accuracy under one attack (for heatmaps and bar plots)."""
+    rows = {}
+    for label, path in runs.items():
+        df = load_run(path)["metrics"]
+        if df is not None and attack in df.index:
+            classes = df.attrs.get("classes") or [c for c in df.columns if c not in ("avg", "worst", "worst_class", "nsd", "n")]
+            rows[label] = {c: float(df.loc[attack, c]) for c in classes}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def markdown_summary(table: pd.DataFrame, digits: int = 1) -> str:
+    """The summary table as GitHub markdown (one header row: 'attack metric')."""
+    if table.empty:
+        return "(no finished runs)\n"
+    cols = [" ".join(c) if isinstance(c, tuple) else str(c) for c in table.columns]
+    lines = ["| method | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for idx, r in table.iterrows():
+        cells = []
+        for c, v in zip(table.columns, r.values):
+            name = c[-1] if isinstance(c, tuple) else c
+            if isinstance(v, float):
+                cells.append(f"{v:.3f}" if name in ("nsd", "kept_fraction") else f"{v:.{digits}f}")
+            else:
+                cells.append(str(v))
+        lines.append(f"| {idx} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def with_overrides(cfg: dict, overrides: dict | list | None) -> dict:
+    return apply_overrides(cfg, overrides)

@@ -1,0 +1,101 @@
+"""The smoothness-vs-fairness observation: the same student trained with the same soft-label smoothness
+for every class (SSD) and with class-wise smoothness (DSD: sharper for the hard classes).
+
+Smoothness is set either by the teacher temperature in distillation (ABSLD with fixed class-wise
+temperatures) or by class-wise label smoothing of one-hot labels in PGD-AT. Which classes are hard
+comes from a reference run's class-wise robust error on the validation split.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .experiments import run_or_resume
+from .runs import load_run
+
+
+def class_error(run_dir: str | Path, attack: str | None = None) -> tuple[np.ndarray, list[str]]:
+    """Class-wise robust error (%) from the run's last validation evaluation (the test set stays unused)."""
+    rec = load_run(run_dir)
+    hist = rec["history"]
+    vals = [v for v in hist.get("val", []) if isinstance(v, dict) and v]
+    if not vals:
+        raise ValueError(f"{run_dir} has no validation evaluation to rank classes by")
+    last = vals[-1]
+    key = attack or [a for a in last if a != "clean"][-1]
+    return 100.0 - np.asarray(last[key]["class_acc"], dtype=float), rec["config"]["resolved"]["classes"]
+
+
+def dsd_values(error: np.ndarray, sharp: float, smooth: float) -> np.ndarray:
+    """Per class, linear in the class error: the hardest class gets `sharp`, the easiest `smooth`."""
+    e = np.asarray(error, dtype=float)
+    span = e.max() - e.min()
+    if span == 0:
+        return np.full_like(e, (sharp + smooth) / 2)
+    return smooth - (e - e.min()) / span * (smooth - sharp)
+
+
+@dataclass
+class Plan:
+    classes: list[str]
+    error: np.ndarray
+    hard: list[str]
+    tau_dsd: np.ndarray
+    tau_ssd: float
+    ls_dsd: np.ndarray
+    ls_ssd: float
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame({"reference robust error (%)": self.error, "hard": [c in self.hard for c in self.classes],
+                             "DSD temperature": self.tau_dsd, "SSD temperature": self.tau_ssd,
+                             "DSD label smoothing": self.ls_dsd, "SSD label smoothing": self.ls_ssd},
+                            index=self.classes).round(3)
+
+
+def plan(error: np.ndarray, classes: list[str], n_hard: int, tau_sharp: float, tau_smooth: float,
+         ls_sharp: float, ls_smooth: float) -> Plan:
+    """DSD values from the class errors; SSD uses their mean, so both have the same average smoothness."""
+    if not (0 < tau_sharp <= tau_smooth):
+        raise ValueError(f"need 0 < tau_sharp <= tau_smooth, got {tau_sharp}, {tau_smooth}")
+    if not (0 <= ls_sharp <= ls_smooth <= 1):
+        raise ValueError(f"need 0 <= ls_sharp <= ls_smooth <= 1, got {ls_sharp}, {ls_smooth}")
+    if not (1 <= n_hard < len(classes)):
+        raise ValueError(f"n_hard must lie in [1, {len(classes) - 1}], got {n_hard}")
+    order = np.argsort(-np.asarray(error))
+    tau = dsd_values(error, tau_sharp, tau_smooth)
+    ls = dsd_values(error, ls_sharp, ls_smooth)
+    return Plan(list(classes), np.asarray(error, float), [classes[i] for i in order[:n_hard]], tau,
+                float(tau.mean()), ls, float(ls.mean()))
+
+
+def train_pairs(base: dict, reference: str | Path, p: Plan) -> dict[str, Path]:
+    """Four runs: SSD/DSD by teacher temperature (distilling from the reference) and by label smoothing."""
+    def cfg(name, method):
+        return {**base, "name": name, "method": method}
+
+    teacher = {"checkpoint": str(reference)}
+    kd = lambda tau: {"name": "absld", "teacher": teacher, "schedule": "fixed",  # noqa: E731
+                      "tau_init_adv": [float(t) for t in np.broadcast_to(tau, (len(p.classes),))],
+                      "tau_init_nat": [float(t) for t in np.broadcast_to(tau, (len(p.classes),))]}
+    ls = lambda s: {"name": "pgd_at",  # noqa: E731
+                    "label_smoothing": [float(v) for v in np.broadcast_to(s, (len(p.classes),))]}
+    return {"SSD (temperature)": run_or_resume(cfg("ssd-kd", kd(p.tau_ssd))),
+            "DSD (temperature)": run_or_resume(cfg("dsd-kd", kd(p.tau_dsd))),
+            "SSD (label smoothing)": run_or_resume(cfg("ssd-ls", ls(p.ls_ssd))),
+            "DSD (label smoothing)": run_or_resume(cfg("dsd-ls", ls(p.ls_dsd)))}
+
+
+def compare(runs: dict[str, str | Path], attack: str = "pgd20") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(summary: avg / worst / worst_class / nsd per run, class accuracies: runs x classes) on the test set."""
+    summary, classes = {}, {}
+    for label, path in runs.items():
+        df = load_run(path)["metrics"]
+        if attack not in df.index:
+            raise ValueError(f"{path} was not evaluated with {attack}; it has {list(df.index)}")
+        summary[label] = {k: df.loc[attack, k] for k in ("avg", "worst", "worst_class", "nsd")}
+        classes[label] = {c: float(df.loc[attack, c]) for c in df.attrs["classes"]}
+    return pd.DataFrame.from_dict(summary, orient="index"), pd.DataFrame.from_dict(classes, orient="index")

@@ -1,0 +1,111 @@
+"""A real check in a browser: JupyterLab on localhost, the explorer notebook in headless Chromium, a slider
+moved, the plot redrawn. Skips when Chromium/chromedriver (Debian: apt-get install chromium
+chromium-driver) or selenium are missing."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from absld_core import train
+from absld_core.study import ROOT
+from train_helpers import tiny
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="no Chromium/chromedriver installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    import papermill as pm
+
+    t = train(tiny("t", "natural", tmp_path, optim__epochs=2))
+    run = train(tiny("a", "absld", tmp_path, optim__epochs=3,
+                     method={"name": "absld", "teacher": {"checkpoint": str(t)}, "eta": 0.3}))
+    nb = tmp_path / "explorer.ipynb"
+    pm.execute_notebook(str(ROOT / "notebooks" / "05_temperature_explorer.ipynb"), str(nb), prepare_only=True,
+                        parameters={"run": str(run), "interactive": True, "figure_dir": str(tmp_path / "fig")},
+                        kernel_name="absld")
+    port, token = _free_port(), "absldtest"
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "jcfg"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "jrt")}
+    proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+                             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}",
+                             "--ServerApp.open_browser=False", "--LabApp.news_url=", "--allow-root"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "lab.log", "w"))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("JupyterLab did not start: " + (tmp_path / "lab.log").read_text()[-2000:])
+    yield url, token, tmp_path
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_moving_a_slider_redraws_the_plot(lab):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, token, tmp = lab
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,1600", f"--user-data-dir={tmp / 'chrome'}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    try:
+        driver.get(f"{url}/lab/tree/explorer.ipynb?token={token}")
+        wait = WebDriverWait(driver, 120, poll_frequency=0.5)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell"))
+        # kernel idle, then Run > Run All Cells
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator[data-status='idle']")
+                   or d.find_elements(By.XPATH, "//*[contains(@title, 'Kernel status: Idle')]")
+                   or d.find_elements(By.XPATH, "//*[contains(text(), 'Idle')]"))
+        run_menu = [e for e in driver.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-itemLabel") if e.text == "Run"][0]
+        run_menu.click()
+        wait.until(lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, ".lm-Menu-itemLabel") if e.text == "Run All Cells"])
+        [e for e in driver.find_elements(By.CSS_SELECTOR, ".lm-Menu-itemLabel") if e.text == "Run All Cells"][0].click()
+
+        def plot_sources(d):
+            imgs = d.find_elements(By.CSS_SELECTOR, ".widget-output img, .jupyter-widgets-output-area img")
+            return [i.get_attribute("src") for i in imgs]
+
+        wait.until(lambda d: len(plot_sources(d)) >= 2)
+        before = plot_sources(driver)
+        handle = driver.find_elements(By.CSS_SELECTOR, ".widget-slider .noUi-handle, .jupyter-widgets .noUi-handle")[0]
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", handle)
+        handle.click()
+        for _ in range(25):
+            handle.send_keys(Keys.ARROW_RIGHT)
+        wait.until(lambda d: len(plot_sources(d)) >= 2 and plot_sources(d) != before)
+        after = plot_sources(driver)
+        assert after[0] != before[0]
+        driver.save_screenshot(str(tmp / "explorer.png"))
+    finally:
+        driver.quit()

@@ -1,0 +1,100 @@
+"""The study: every notebook through papermill with tiny parameters, skipping, refusals, failures."""
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from absld_core.study import NOTEBOOKS, ROOT, StudyError, load_preset, resolve_parameters, run_study
+
+TINY = ["train_per_class=25", "val_per_class=5", "test_per_class=6", "epochs=2", "steps=2", "width=4",
+        "batch_size=32", "test_attacks=clean,fgsm,pgd20,cw5", "01_smoothness_vs_fairness.reference_epochs=1",
+        "02_teacher.teacher_epochs=2", "02_teacher.teacher_width=8", "03_students.ham_early_steps=1",
+        "05_temperature_explorer.finetune_epochs=1"]
+
+
+def test_notebooks_are_committed_without_outputs_and_parameterised():
+    for name in NOTEBOOKS:
+        nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert "parameters" in code[0].metadata.get("tags", []), name
+        assert all(not c.outputs and c.execution_count is None for c in code), f"{name} has outputs"
+        assert nb.metadata["kernelspec"]["name"] == "absld"
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    log = []
+    rc = run_study("smoke", TINY, out_root=out, log=log.append)
+    return out, rc, log
+
+
+def test_every_notebook_runs_and_leaves_runs_and_figures(smoke_study):
+    out, rc, log = smoke_study
+    assert rc == 0, "\n".join(log)
+    runs, figs = out / "runs" / "smoke", out / "figures" / "smoke"
+    for name in NOTEBOOKS:
+        nb = nbformat.read(runs / "notebooks" / f"{name}.ipynb", as_version=4)
+        assert all(o.get("output_type") != "error" for c in nb.cells for o in c.get("outputs", [])), name
+    for run in ("reference", "ssd-kd", "dsd-kd", "ssd-ls", "dsd-ls", "teacher", "student-pgd_at", "student-trades",
+                "student-rslad", "student-absld", "student-ham", "student-absld_ham", "student-absld-finetune"):
+        metrics = json.loads((runs / run / "metrics.json").read_text())["rows"]
+        for row in metrics.values():
+            assert 0 <= row["avg"] <= 100 and 0 <= row["worst"] <= row["avg"] + 1e-9
+        assert metrics["pgd20"]["avg"] <= metrics["clean"]["avg"]
+    for f in ("01_smoothness_temperature.png", "01_smoothness_label_smoothing.png", "02_teacher.png",
+              "04_class_bars.png", "04_heatmap.png", "04_temperatures.png", "04_kept_fraction.png",
+              "explorer_schedule.png", "explorer_soft_labels.png", "summary.md", "summary.csv"):
+        assert (figs / f).is_file() and (figs / f).stat().st_size > 500, f
+    summary = (figs / "summary.md").read_text()
+    assert "absld_ham" in summary and "pgd20 worst" in summary
+    hist = [json.loads(l) for l in (runs / "student-absld" / "history.jsonl").read_text().splitlines()]
+    assert len(hist) == 2 and len(hist[-1]["tau_adv"]) == 10
+    nb1 = nbformat.read(runs / "notebooks" / "01_smoothness_vs_fairness.ipynb", as_version=4)
+    text = "".join(o.get("data", {}).get("text/markdown", "") for c in nb1.cells for o in c.get("outputs", []))
+    assert text.count("worst-class PGD accuracy") == 2  # the statement computed from the run's numbers
+
+
+def test_rerun_skips_unchanged_and_says_why_it_reruns(smoke_study):
+    out, rc, _ = smoke_study
+    log = []
+    assert run_study("smoke", TINY, out_root=out, log=log.append) == 0
+    assert sum("unchanged, skipped" in line for line in log) == len(NOTEBOOKS)
+    log = []
+    changed = [t for t in TINY if not t.startswith("05_")] + ["05_temperature_explorer.finetune_epochs=0",
+                                                              "05_temperature_explorer.eta=0.3"]
+    assert run_study("smoke", changed, out_root=out, log=log.append) == 0
+    assert any("05_temperature_explorer: running (parameters changed: eta, finetune_epochs)" in l for l in log), log
+    assert sum("unchanged, skipped" in line for line in log) == 4
+
+
+def test_failing_notebook_stops_the_batch_and_keeps_finished_outputs(tmp_path):
+    log = []
+    bad = TINY + ["02_teacher.teacher_method=bogus"]
+    assert run_study("smoke", bad, out_root=tmp_path, log=log.append) == 1
+    assert any("02_teacher: FAILED in cell" in l and "bogus" in l for l in log), log
+    assert (tmp_path / "runs" / "smoke" / "notebooks" / "01_smoothness_vs_fairness.ipynb").is_file()
+    assert not (tmp_path / "runs" / "smoke" / "notebooks" / "03_students.ipynb").exists()
+    state = json.loads((tmp_path / "runs" / "smoke" / "study_state.json").read_text())
+    assert state["01_smoothness_vs_fairness"]["status"] == "ok" and state["02_teacher"]["status"] == "failed"
+
+
+def test_invalid_preset_and_parameters_are_refused_before_work(tmp_path):
+    with pytest.raises(StudyError, match="unknown preset 'nope'; known presets: cifar10-cpu, paper, smoke"):
+        run_study("nope", out_root=tmp_path)
+    with pytest.raises(StudyError, match=r"unknown parameter\(s\) \['epochz'\]"):
+        run_study("smoke", ["epochz=3"], out_root=tmp_path)
+    with pytest.raises(StudyError, match="optim.epochs=0 is invalid"):
+        run_study("smoke", ["epochs=0"], out_root=tmp_path)
+    with pytest.raises(StudyError, match=r"notebook 02_teacher has no parameter\(s\) \['eta'\]"):
+        run_study("smoke", ["02_teacher.eta=0.1"], out_root=tmp_path)
+    with pytest.raises(StudyError, match="attack.eps"):
+        run_study("smoke", ["eps_255=300"], out_root=tmp_path)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_presets_resolve():
+    for name in ("smoke", "cifar10-cpu", "paper"):
+        per_nb = resolve_parameters(load_preset(name), Path("."))
+        assert set(per_nb) == set(NOTEBOOKS)
