@@ -133,8 +133,12 @@ def pgd_kl(model: nn.Module, x: torch.Tensor, target_probs: torch.Tensor, eps: f
     if target_probs.shape[0] != x.shape[0] or target_probs.ndim != 2:
         raise ValueError(f"target_probs must be N x C with N = {x.shape[0]}, got {tuple(target_probs.shape)}")
     target = target_probs.detach().float()
-    x0 = x + init_std * torch.randn_like(x) if x_init is None else x_init
-    x0 = _project(x0.detach().clone(), x, eps)
+    if x_init is None:  # as the release: the Gaussian start is not clipped (every step projects)
+        x0 = (x + init_std * torch.randn_like(x)).detach()
+        if steps == 0:
+            x0 = _project(x0, x, eps)
+    else:
+        x0 = _project(x_init.detach().clone(), x, eps)
     with model_mode(model, train_mode):
         if track_labels is None:
             return _run(model, x, lambda z: kl_to_targets(z, target), x0, eps, alpha, steps, amp_dtype)

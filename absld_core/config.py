@@ -74,12 +74,15 @@ class ModelConfig:
     mean: tuple | None = None
     std: tuple | None = None
     init_checkpoint: str | None = None   # start from these weights (fine-tuning); ignored on resume
+    norm: str = "batch"                  # small_cnn: 'batch' or 'none'
 
     def __post_init__(self):
         from .models import MODELS
 
         if self.arch not in MODELS:
             raise _err("model.arch", self.arch, f"known models: {', '.join(MODELS)}")
+        if self.norm not in ("batch", "none") or (self.norm == "none" and self.arch != "small_cnn"):
+            raise _err("model.norm", self.norm, "'batch', or 'none' for small_cnn")
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class AttackConfig:
     alpha: float = 2 / 255
     steps: int = 10
     eval_alpha: float = 0.003          # PGD-20 step of the ABSLD/RSLAD evaluation (HAM: eps/4)
+    kl_init_std: float = 0.001         # Gaussian start of the PGD-KL / TRADES attacks (0: start at x)
     val_attacks: tuple = ("clean", "pgd10")
     test_attacks: tuple = ("clean", "fgsm", "pgd20", "cw30")
     amp_dtype: str | None = None       # None: fp32 attacks; 'bf16' runs attack passes under autocast
@@ -101,6 +105,7 @@ class AttackConfig:
         _in_range("attack.alpha", self.alpha, 0, 1, lo_open=True)
         _in_range("attack.eval_alpha", self.eval_alpha, 0, 1, lo_open=True)
         _positive_int("attack.steps", self.steps, 1)
+        _in_range("attack.kl_init_std", self.kl_init_std, 0, 1)
         for name in ("val_attacks", "test_attacks"):
             for a in getattr(self, name):
                 try:

@@ -64,13 +64,14 @@ def prepare_data(cfg: TrainConfig) -> Dataset:
 def model_meta(cfg: TrainConfig, ds: Dataset) -> dict:
     m = cfg.model
     return {"arch": m.arch, "num_classes": ds.num_classes, "in_channels": ds.image_shape[0], "width": m.width,
-            "depth": m.depth, "mean": list(m.mean) if m.mean else None, "std": list(m.std) if m.std else None,
+            "depth": m.depth, "norm": m.norm, "mean": list(m.mean) if m.mean else None,
+            "std": list(m.std) if m.std else None,
             "classes": ds.classes, "method": cfg.method.name, "run": cfg.name}
 
 
 def build_student(cfg: TrainConfig, ds: Dataset) -> nn.Module:
     m = cfg.model
-    kw = {"mean": m.mean, "std": m.std, "depth": m.depth}
+    kw = {"mean": m.mean, "std": m.std, "depth": m.depth, "norm": m.norm}
     if m.width is not None:
         kw["width"] = m.width
     return build_model(m.arch, ds.num_classes, ds.image_shape[0], **kw)
@@ -235,7 +236,8 @@ def _train_epoch(cfg, epoch, model, net, fwd, teacher, method, opt, loader, devi
     has_adv = has_nat = has_kept = False
     check_every = 1 if device.type == "cpu" else 25
     ctx = StepContext(raw=net, forward=fwd, eps=cfg.attack.eps, alpha=cfg.attack.alpha, steps=cfg.attack.steps,
-                      epoch=epoch, num_classes=C, teacher=teacher, autocast=autocast, attack_dtype=attack_dtype)
+                      epoch=epoch, num_classes=C, teacher=teacher, autocast=autocast, attack_dtype=attack_dtype,
+                      kl_init_std=cfg.attack.kl_init_std)
     bar = tqdm(total=nb, desc=f"{cfg.name} {epoch}/{cfg.optim.epochs}", disable=not (cfg.progress and info.is_main),
                leave=False)
     t0, seen = time.perf_counter(), 0

@@ -25,6 +25,7 @@ class StepContext:
     teacher: nn.Module | None = None
     autocast: Callable = contextlib.nullcontext   # context for the training passes (bf16 or nothing)
     attack_dtype: torch.dtype | None = None
+    kl_init_std: float = 0.001      # Gaussian start of the KL attacks
 
 
 @dataclass

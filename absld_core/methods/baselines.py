@@ -43,7 +43,8 @@ class TRADES(Method):
     """CE(z(x), y) + beta * KL(s(z(x)) || s(z(x_adv))) (batch mean), x_adv from the TRADES KL attack."""
 
     def step(self, x, y, ctx: StepContext) -> StepOutput:
-        x_adv = A.trades_kl(ctx.raw, x, ctx.eps, ctx.alpha, ctx.steps, amp_dtype=ctx.attack_dtype)
+        x_adv = A.trades_kl(ctx.raw, x, ctx.eps, ctx.alpha, ctx.steps, init_std=ctx.kl_init_std,
+                            amp_dtype=ctx.attack_dtype)
         with ctx.autocast():
             z_nat, z_adv = ctx.forward(x, x_adv)
         z_nat, z_adv = z_nat.float(), z_adv.float()

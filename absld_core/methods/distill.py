@@ -65,10 +65,11 @@ class Distill(Method):
         p_adv, p_nat = self.teacher_targets(x, y, ctx)
         if self.cfg.fair_reweight:
             x_adv, k = A.pgd_kl(ctx.raw, x, p_adv, ctx.eps, ctx.alpha, ctx.steps, track_labels=y,
-                                amp_dtype=ctx.attack_dtype)
+                                init_std=ctx.kl_init_std, amp_dtype=ctx.attack_dtype)
             self.record_steps(y, k)
         else:
-            x_adv = A.pgd_kl(ctx.raw, x, p_adv, ctx.eps, ctx.alpha, ctx.steps, amp_dtype=ctx.attack_dtype)
+            x_adv = A.pgd_kl(ctx.raw, x, p_adv, ctx.eps, ctx.alpha, ctx.steps, init_std=ctx.kl_init_std,
+                             amp_dtype=ctx.attack_dtype)
         loss, ce_adv, ce_nat = self.distill_loss(x_adv, x, y, p_adv, p_nat, ctx)
         return StepOutput(loss, y, ce_adv, ce_nat)
 

@@ -38,11 +38,12 @@ class Normalize(nn.Module):
 
 def build_model(name: str, num_classes: int, in_channels: int = 3, *, mean: Sequence[float] | None = None,
                 std: Sequence[float] | None = None, depth: int = 34, width: int | None = None,
-                dropout: float = 0.0) -> nn.Module:
+                dropout: float = 0.0, norm: str = "batch") -> nn.Module:
     """Build a model by name: small_cnn, resnet18, preact_resnet18, mobilenet_v2, wrn (depth/width).
 
     mean/std: optional input normalisation inside the model (both or neither).
     width: WRN widening factor (default 10) or SmallCNN base width (default 32).
+    norm: SmallCNN only, 'batch' (default) or 'none'.
     """
     key = str(name).lower().replace("-", "_")
     if key not in MODELS:
@@ -51,8 +52,10 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, *, mean: Sequ
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+    if norm != "batch" and key != "small_cnn":
+        raise ValueError(f"norm={norm!r} is only available for small_cnn")
     if key == "small_cnn":
-        model = SmallCNN(num_classes, in_channels, width or 32)
+        model = SmallCNN(num_classes, in_channels, width or 32, norm)
     elif key == "resnet18":
         model = resnet18(num_classes, in_channels)
     elif key == "preact_resnet18":

@@ -113,7 +113,7 @@ def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.dev
     if "arch" not in meta or "num_classes" not in meta:
         raise CheckpointError(f"checkpoint {path} does not record its architecture; pass arch= and "
                               f"num_classes= (CLI: --model NAME --num-classes N)")
-    kw = {k: meta[k] for k in ("depth", "width", "mean", "std") if meta.get(k) is not None}
+    kw = {k: meta[k] for k in ("depth", "width", "mean", "std", "norm") if meta.get(k) is not None}
     model = build_model(meta["arch"], int(meta["num_classes"]), int(meta.get("in_channels", 3)), **kw)
     load_state_dict(model, ckpt["model"], source=f"checkpoint {path}")
     return model.to(map_location), meta

@@ -41,14 +41,23 @@ class MobileNetV2(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """Three conv stages (32-64-128 wide, BN, ReLU, 2x2 pooling) and a linear head: 0.29M parameters at width 32."""
+    """Three conv stages (32-64-128 wide, BN, ReLU, 2x2 pooling) and a linear head: 0.29M parameters at width 32.
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 32):
+    norm='none' drops BatchNorm (convolutions get biases): batch-size independent, which makes a
+    multi-process run comparable sample for sample with a single-process one."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 32, norm: str = "batch"):
         super().__init__()
+        if norm not in ("batch", "none"):
+            raise ValueError(f"small_cnn norm must be 'batch' or 'none', got {norm!r}")
+
+        def bn(c):
+            return nn.BatchNorm2d(c) if norm == "batch" else nn.Identity()
 
         def stage(cin, cout, pool=True):
-            mods = [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                    nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            b = norm != "batch"
+            mods = [nn.Conv2d(cin, cout, 3, 1, 1, bias=b), bn(cout), nn.ReLU(inplace=True),
+                    nn.Conv2d(cout, cout, 3, 1, 1, bias=b), bn(cout), nn.ReLU(inplace=True)]
             if pool:
                 mods.append(nn.MaxPool2d(2, ceil_mode=True))
             return mods

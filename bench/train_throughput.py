@@ -1,0 +1,255 @@
+"""Steady-state training throughput: our engine against a reference-style ABSLD step.
+
+    .venv/bin/python bench/train_throughput.py --student small_cnn --teacher small_cnn --teacher-width 64
+    .venv/bin/python bench/train_throughput.py --student resnet18 --teacher wrn --device cuda --precision bf16 \
+        --channels-last --batch 128                      # the GPU comparison (ResNet-18 / WRN-34-10)
+
+"Ours" times the engine's own epoch function (on-device data and augmentation, the method units,
+vectorised class bookkeeping; channels_last / bf16 / compile as asked). "Reference" is an ABSLD step
+written the way the released script works: a DataLoader with per-sample CPU transforms, fp32, default
+memory format, per-sample Python loops for the class temperatures and the class risks. Before timing,
+both compute the loss of one fixed batch from the same weights and random state, and the script
+asserts they agree. Results (images/s, seconds per 50,000-image epoch, peak memory, the ratio, the
+machine) go to bench/results/train_throughput_<device>_<student>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from machine import machine_info  # noqa: E402
+
+from absld_core import attacks as A  # noqa: E402
+from absld_core.config import TrainConfig  # noqa: E402
+from absld_core.data import BatchIterator  # noqa: E402
+from absld_core.distributed import DistInfo  # noqa: E402
+from absld_core.engine import MultiView, _train_epoch  # noqa: E402
+from absld_core.methods import StepContext, build_method  # noqa: E402
+from absld_core.models import build_model  # noqa: E402
+
+EPS, ALPHA, K = 8 / 255, 2 / 255, 10
+
+
+# ----------------------------------------------------------------------------- the reference-style step
+class CpuTransformDataset(torch.utils.data.Dataset):
+    """Per-sample random crop (pad 4) and flip on the CPU, as torchvision transforms would do."""
+
+    def __init__(self, x_uint8_nhwc: np.ndarray, y: np.ndarray, seed: int = 0):
+        self.x, self.y, self.rng = x_uint8_nhwc, y, np.random.default_rng(seed)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        img = np.pad(self.x[i], ((4, 4), (4, 4), (0, 0)))
+        a, b = self.rng.integers(0, 9, 2)
+        img = img[a:a + 32, b:b + 32]
+        if self.rng.random() < 0.5:
+            img = img[:, ::-1]
+        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float() / 255, int(self.y[i])
+
+
+def kd_release(b, a_logits):
+    return (b * (torch.log(b + 1e-5) - F.log_softmax(a_logits, 1))).mean()
+
+
+def reference_step(student, teacher, opt, x, y, tau_adv, tau_nat, risk_adv, risk_nat):
+    """One ABSLD step written like the release: loops over samples for temperatures and risks."""
+    with torch.no_grad():
+        t_logits = teacher(x)
+    adv_logits, nat_logits = t_logits.clone(), t_logits.clone()
+    for i in range(len(y)):
+        adv_logits[i] = adv_logits[i] / tau_adv[int(y[i])]
+        nat_logits[i] = nat_logits[i] / tau_nat[int(y[i])]
+    p_adv, p_nat = F.softmax(adv_logits, 1), F.softmax(nat_logits, 1)
+    student.eval()
+    x_adv = x.detach() + 0.001 * torch.randn_like(x)
+    for _ in range(K):
+        x_adv.requires_grad_(True)
+        loss_kl = F.kl_div(F.log_softmax(student(x_adv), 1), p_adv, reduction="sum")
+        grad = torch.autograd.grad(loss_kl, [x_adv])[0]
+        x_adv = x_adv.detach() + ALPHA * torch.sign(grad.detach())
+        x_adv = torch.min(torch.max(x_adv, x - EPS), x + EPS).clamp(0.0, 1.0)
+    student.train()
+    z_adv = student(x_adv.detach())
+    z_nat = student(x)
+    loss = 5 / 6 * kd_release(p_adv, z_adv) + 1 / 6 * kd_release(p_nat, z_nat)
+    ce_adv = F.cross_entropy(z_adv, y, reduction="none")
+    ce_nat = F.cross_entropy(z_nat, y, reduction="none")
+    for i in range(len(y)):
+        risk_adv[int(y[i])] += ce_adv[i].item()
+        risk_nat[int(y[i])] += ce_nat[i].item()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
+
+
+# ----------------------------------------------------------------------------- helpers
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory(device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # process peak RSS
+
+
+def reset_peak(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def config(args, method: str) -> TrainConfig:
+    return TrainConfig.from_dict({
+        "name": "bench", "device": args.device, "precision": args.precision, "channels_last": args.channels_last,
+        "compile": args.compile, "progress": False,
+        "model": {"arch": args.student},
+        "attack": {"eps": EPS, "alpha": ALPHA, "steps": K, "amp_dtype": "bf16" if args.attack_bf16 else None},
+        "method": {"name": method, "teacher": {"checkpoint": "unused"} if method in ("rslad", "absld", "absld_ham") else None,
+                   "ham_start_epoch": 1},
+        "optim": {"epochs": 1, "batch_size": args.batch, "lr": 0.1, "schedule": "constant"}})
+
+
+def time_ours(args, method_name, student0, teacher, x, y, device) -> dict:
+    cfg = config(args, method_name)
+    mf = torch.channels_last if args.channels_last else torch.contiguous_format
+    student = copy.deepcopy(student0).to(device, memory_format=mf)
+    net = torch.compile(student) if args.compile else student
+    method = build_method(cfg.method, 10, device)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4,
+                          **({"fused": True} if device.type == "cuda" else {}))
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.precision == "bf16" else None
+    import contextlib
+    autocast = autocast or contextlib.nullcontext
+    attack_dtype = torch.bfloat16 if args.attack_bf16 else None
+    t = teacher.to(memory_format=mf) if method.needs_teacher else None
+    out = {}
+    for phase, n in (("warmup", args.warmup), ("timed", args.steps)):
+        loader = BatchIterator(x[: n * args.batch], y[: n * args.batch], args.batch, augment=True, device=device,
+                               memory_format=mf, drop_last=True)
+        reset_peak(device)
+        rec = _train_epoch(cfg, 1, student, net, MultiView(net), t, method, opt, loader, device, DistInfo(),
+                           autocast, attack_dtype, 10)
+        out = {"images_per_s": rec["images_per_second"], "seconds": rec["seconds"], "images": rec["samples"]}
+    out["peak_memory_bytes"] = peak_memory(device)
+    out["seconds_per_50k_epoch"] = 50000 / out["images_per_s"]
+    return out
+
+
+def time_reference(args, student0, teacher, x, y, device) -> dict:
+    student = copy.deepcopy(student0).to(device)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+    ds = CpuTransformDataset(x.permute(0, 2, 3, 1).numpy(), y.numpy())
+    tau_adv, tau_nat = torch.ones(10, device=device), torch.ones(10, device=device)
+    risk_adv, risk_nat = [0.0] * 10, [0.0] * 10
+    out = {}
+    for phase, n in (("warmup", args.warmup), ("timed", args.steps)):
+        sub = torch.utils.data.Subset(ds, range(n * args.batch))
+        loader = torch.utils.data.DataLoader(sub, batch_size=args.batch, shuffle=True, num_workers=args.ref_workers,
+                                             drop_last=True, pin_memory=device.type == "cuda")
+        reset_peak(device)
+        sync(device)
+        t0 = time.perf_counter()
+        for xb, yb in loader:
+            reference_step(student, teacher, opt, xb.to(device), yb.to(device), tau_adv, tau_nat, risk_adv, risk_nat)
+        sync(device)
+        dt = time.perf_counter() - t0
+        out = {"images_per_s": n * args.batch / dt, "seconds": dt, "images": n * args.batch}
+    out["peak_memory_bytes"] = peak_memory(device)
+    out["seconds_per_50k_epoch"] = 50000 / out["images_per_s"]
+    return out
+
+
+def check_same_loss(args, student0, teacher, x, y, device) -> dict:
+    """Both paths on one fixed batch (no augmentation), same weights and random state: same loss."""
+    xb, yb = x[: args.batch].float().div(255).to(device), y[: args.batch].to(device)
+    tau = torch.linspace(0.6, 1.8, 10)
+    s1, s2 = copy.deepcopy(student0).to(device), copy.deepcopy(student0).to(device)
+    o1 = torch.optim.SGD(s1.parameters(), lr=0.1)
+    torch.manual_seed(123)
+    ref = reference_step(s1, teacher, o1, xb, yb, tau.to(device), tau.flip(0).to(device), [0.0] * 10, [0.0] * 10).item()
+    cfg = config(argparse.Namespace(**{**vars(args), "precision": "fp32", "channels_last": False, "compile": False,
+                                       "attack_bf16": False}), "absld")
+    method = build_method(cfg.method, 10, device)
+    method.temps.adv, method.temps.nat = tau.clone(), tau.flip(0).clone()
+    s2.train()
+    ctx = StepContext(raw=s2, forward=MultiView(s2), eps=EPS, alpha=ALPHA, steps=K, epoch=1, num_classes=10,
+                      teacher=teacher)
+    torch.manual_seed(123)
+    ours = method.step(xb, yb, ctx).loss.item()
+    assert abs(ours - ref) <= 1e-5 * abs(ref) + 1e-8, f"reference loss {ref} != ours {ours}"
+    return {"reference_loss": ref, "our_loss": ours}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--student", default="small_cnn")
+    ap.add_argument("--teacher", default="small_cnn")
+    ap.add_argument("--teacher-width", type=int, default=None)
+    ap.add_argument("--teacher-depth", type=int, default=34)
+    ap.add_argument("--methods", default="absld,rslad,ham,pgd_at")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--attack-bf16", action="store_true", help="run the attack passes under bf16 autocast too")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--ref-workers", type=int, default=None, help="DataLoader workers of the reference (cpu: 0)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.ref_workers is None:
+        args.ref_workers = 4 if device.type == "cuda" else 0
+    torch.manual_seed(0)
+    n = (max(args.steps, 1) + args.warmup) * args.batch
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
+    y = torch.arange(n) % 10
+    student0 = build_model(args.student, 10)
+    tkw = {"width": args.teacher_width} if args.teacher_width else {}
+    if args.teacher == "wrn":
+        tkw["depth"] = args.teacher_depth
+    teacher = build_model(args.teacher, 10, **tkw).to(device).eval().requires_grad_(False)
+    result = {"what": "training steps per second, steady state (after warm-up), our engine vs a reference-style "
+                      "ABSLD step", "machine": machine_info(), "settings": vars(args),
+              "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
+              "student_parameters": sum(p.numel() for p in student0.parameters())}
+    result["same_loss_check"] = check_same_loss(args, student0, teacher, x, y, device)
+    print("same loss:", result["same_loss_check"])
+    result["reference_absld"] = time_reference(args, student0, teacher, x, y, device)
+    print("reference absld:", result["reference_absld"])
+    result["ours"] = {}
+    for m in args.methods.split(","):
+        result["ours"][m] = time_ours(args, m, student0, teacher, x, y, device)
+        print(f"ours {m}:", result["ours"][m])
+    if "absld" in result["ours"]:
+        result["absld_speedup_over_reference"] = (result["ours"]["absld"]["images_per_s"]
+                                                  / result["reference_absld"]["images_per_s"])
+        print(f"ABSLD speed-up over the reference-style step: {result['absld_speedup_over_reference']:.2f}x")
+    out = Path(args.out) if args.out else HERE / "results" / f"train_throughput_{device.type}_{args.student}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
