@@ -71,8 +71,14 @@ def _run(model: nn.Module, x: torch.Tensor, loss_fn: Callable, x0: torch.Tensor,
     return x_adv.detach()
 
 
+def _noise(x: torch.Tensor) -> torch.Tensor:
+    """A fresh tensor shaped like x in logical (contiguous) order: the same seed gives the same noise
+    whatever x's memory format (randn_like would follow channels_last strides)."""
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
 def _uniform_start(x: torch.Tensor, eps: float) -> torch.Tensor:
-    return (x + torch.empty_like(x).uniform_(-eps, eps)).clamp_(0.0, 1.0)
+    return (x + _noise(x).uniform_(-eps, eps)).clamp_(0.0, 1.0)
 
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, amp_dtype=None) -> torch.Tensor:
@@ -134,7 +140,7 @@ def pgd_kl(model: nn.Module, x: torch.Tensor, target_probs: torch.Tensor, eps: f
         raise ValueError(f"target_probs must be N x C with N = {x.shape[0]}, got {tuple(target_probs.shape)}")
     target = target_probs.detach().float()
     if x_init is None:  # as the release: the Gaussian start is not clipped (every step projects)
-        x0 = (x + init_std * torch.randn_like(x)).detach()
+        x0 = (x + init_std * _noise(x).normal_()).detach()
         if steps == 0:
             x0 = _project(x0, x, eps)
     else:

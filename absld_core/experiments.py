@@ -33,6 +33,18 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _normalised(saved: dict) -> dict:
+    """A saved config read through the current dataclasses, so that fields added to the package since
+    (at their defaults) do not count as changes."""
+    from .config import ConfigError, TrainConfig
+
+    raw = {k: v for k, v in saved.items() if k != "resolved"}
+    try:
+        return json.loads(json.dumps(TrainConfig.from_dict(raw).to_dict()))
+    except (ConfigError, TypeError, ValueError):
+        return raw
+
+
 def run_or_resume(cfg: dict, log=print) -> Path:
     """Train a run: reuse a finished run with the same config, continue an unfinished one, and train
     again (saying why) when the config changed."""
@@ -43,7 +55,7 @@ def run_or_resume(cfg: dict, log=print) -> Path:
     if not run.config.is_file():
         return train({**cfg, "resume": False, "overwrite": run.exists()})
     new = json.loads(json.dumps(TrainConfig.from_dict({**cfg, "resume": False, "overwrite": False}).to_dict()))
-    changed = config_changes(json.loads(run.config.read_text()), new)
+    changed = config_changes(_normalised(json.loads(run.config.read_text())), new)
     if changed:
         log(f"{run.path}: configuration changed ({', '.join(changed[:6])}); training again")
         return train({**cfg, "resume": False, "overwrite": True})

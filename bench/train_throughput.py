@@ -139,6 +139,8 @@ def time_ours(args, method_name, student0, teacher, x, y, device) -> dict:
     t = teacher.to(memory_format=mf) if method.needs_teacher else None
     out = {}
     for phase, n in (("warmup", args.warmup), ("timed", args.steps)):
+        if n == 0:
+            continue
         loader = BatchIterator(x[: n * args.batch], y[: n * args.batch], args.batch, augment=True, device=device,
                                memory_format=mf, drop_last=True)
         reset_peak(device)
@@ -158,6 +160,8 @@ def time_reference(args, student0, teacher, x, y, device) -> dict:
     risk_adv, risk_nat = [0.0] * 10, [0.0] * 10
     out = {}
     for phase, n in (("warmup", args.warmup), ("timed", args.steps)):
+        if n == 0:
+            continue
         sub = torch.utils.data.Subset(ds, range(n * args.batch))
         loader = torch.utils.data.DataLoader(sub, batch_size=args.batch, shuffle=True, num_workers=args.ref_workers,
                                              drop_last=True, pin_memory=device.type == "cuda")

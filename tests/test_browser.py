@@ -65,6 +65,7 @@ def lab(tmp_path):
 
 def test_moving_a_slider_redraws_the_plot(lab):
     webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -93,8 +94,11 @@ def test_moving_a_slider_redraws_the_plot(lab):
         [e for e in driver.find_elements(By.CSS_SELECTOR, ".lm-Menu-itemLabel") if e.text == "Run All Cells"][0].click()
 
         def plot_sources(d):
-            imgs = d.find_elements(By.CSS_SELECTOR, ".widget-output img, .jupyter-widgets-output-area img")
-            return [i.get_attribute("src") for i in imgs]
+            try:
+                imgs = d.find_elements(By.CSS_SELECTOR, ".widget-output img, .jupyter-widgets-output-area img")
+                return [i.get_attribute("src") for i in imgs]
+            except StaleElementReferenceException:  # the output area is being redrawn
+                return []
 
         wait.until(lambda d: len(plot_sources(d)) >= 2)
         before = plot_sources(driver)
@@ -103,8 +107,11 @@ def test_moving_a_slider_redraws_the_plot(lab):
         handle.click()
         for _ in range(25):
             handle.send_keys(Keys.ARROW_RIGHT)
-        wait.until(lambda d: len(plot_sources(d)) >= 2 and plot_sources(d) != before)
-        after = plot_sources(driver)
+        def changed(d):
+            now = plot_sources(d)
+            return now if len(now) >= 2 and now[0] != before[0] else False
+
+        after = wait.until(changed)
         assert after[0] != before[0]
         driver.save_screenshot(str(tmp / "explorer.png"))
     finally:

@@ -165,3 +165,22 @@ def test_cli_train_with_overrides(tmp_path, capsys):
     assert cfg["optim"]["epochs"] == 1 and cfg["optim"]["lr"] == 0.02
     assert cli_main(["train", "--config", str(f), "--set", "optim.batch_size=-1"]) == 2
     assert "optim.batch_size=-1 is invalid" in capsys.readouterr().err
+
+
+def test_run_or_resume_reuses_retrains_and_ignores_fields_added_later(tmp_path):
+    from absld_core.experiments import run_or_resume
+
+    cfg = tiny("r", "natural", tmp_path, optim__epochs=1)
+    run = run_or_resume(cfg, log=lambda m: None)
+    stamp = (run / "metrics.json").stat().st_mtime_ns
+    assert run_or_resume(cfg, log=lambda m: None) == run
+    # a config.json written before model.norm and attack.kl_init_std existed: still the same run
+    saved = json.loads((run / "config.json").read_text())
+    del saved["model"]["norm"], saved["attack"]["kl_init_std"]
+    (run / "config.json").write_text(json.dumps(saved))
+    run_or_resume(cfg, log=lambda m: None)
+    assert (run / "metrics.json").stat().st_mtime_ns == stamp
+    said = []
+    run_or_resume({**cfg, "optim": {**cfg["optim"], "lr": 0.01}}, log=said.append)
+    assert said and "configuration changed (optim.lr)" in said[0]
+    assert (run / "metrics.json").stat().st_mtime_ns != stamp
