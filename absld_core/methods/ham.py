@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import attacks as A
-from .base import StepContext, StepOutput
+from .base import StepContext, StepOutput, soft_ce, weighted_mean
 from .baselines import PGDAT
 from .distill import ABSLD
 
@@ -28,13 +28,17 @@ def hardness_weights(first_cross: torch.Tensor, early_steps: int) -> torch.Tenso
     return w / w.mean()
 
 
+def keep_all(out: StepOutput, y: torch.Tensor) -> StepOutput:
+    """Before HAM switches on, the whole batch is trained on (kept fraction 1)."""
+    out.kept = torch.ones_like(y, dtype=torch.bool)
+    return out
+
+
 class HAM(PGDAT):
     def step(self, x, y, ctx: StepContext) -> StepOutput:
         c = self.cfg
         if ctx.epoch < c.ham_start_epoch:
-            out = super().step(x, y, ctx)
-            out.kept = torch.ones_like(y, dtype=torch.bool)
-            return out
+            return keep_all(super().step(x, y, ctx), y)
         x_m, first, hard = mine_hard(ctx, x, y, c.ham_early_steps)
         if not hard.any():
             return StepOutput(None, kept=hard)
@@ -43,9 +47,8 @@ class HAM(PGDAT):
                       amp_dtype=ctx.attack_dtype)
         with ctx.autocast():
             (z,) = ctx.forward(x_adv)
-        per = -(self.targets(yh) * F.log_softmax(z.float(), 1)).sum(1)
         w = hardness_weights(first[hard], c.ham_early_steps) if c.ham_weighting == "hardness" else None
-        loss = per.mean() if w is None else (per * w).mean()
+        loss = weighted_mean(soft_ce(z, self.targets(yh)), w)
         ce = F.cross_entropy(z.float(), yh, reduction="none").detach()
         return StepOutput(loss, yh, ce, None, kept=hard)
 
@@ -58,9 +61,7 @@ class ABSLDHAM(ABSLD):
     def step(self, x, y, ctx: StepContext) -> StepOutput:
         c = self.cfg
         if ctx.epoch < c.ham_start_epoch:
-            out = super().step(x, y, ctx)
-            out.kept = torch.ones_like(y, dtype=torch.bool)
-            return out
+            return keep_all(super().step(x, y, ctx), y)
         p_adv, p_nat = self.teacher_targets(x, y, ctx)
         x_m, first, hard = mine_hard(ctx, x, y, c.ham_early_steps)
         if c.fair_reweight:
