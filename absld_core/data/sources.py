@@ -1,0 +1,233 @@
+"""Readers for every dataset the project knows, each returning uint8 N x C x H x W arrays.
+
+No torchvision: CIFAR pickles, SVHN .mat files and image folders (plain or tar archives) are read
+here directly. Every reader raises DatasetError with the file that was missing or broken and how
+to obtain it.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .download import OFFICIAL, DatasetError, ensure_files, md5_of
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+def _check_official(path: Path, expected_md5: str | None, what: str) -> None:
+    """Accept a local copy that differs from the official release, but say so."""
+    if expected_md5 is None:
+        return
+    got = md5_of(path)
+    if got != expected_md5:
+        warnings.warn(
+            f"{path} is not byte-identical to the official {what} (md5 {got}, official "
+            f"{expected_md5}); using it anyway. Results on it may differ from published numbers.",
+            stacklevel=3,
+        )
+
+
+# ---------------------------------------------------------------- CIFAR-10 / CIFAR-100 (python pickles)
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise DatasetError(f"{path} is corrupted or not a CIFAR python pickle ({e}); "
+                           f"delete it and download the official archive again") from e
+
+
+def _cifar_arrays(batches: list[dict], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    x = np.concatenate([np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32) for b in batches])
+    y = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
+    return x, y
+
+
+def read_cifar(name: str, root: Path, download: bool = False, verify: bool = True):
+    spec = OFFICIAL[name]
+    folder = ensure_files(name, root, download)
+    for fname, md5 in spec["files"].items():
+        if verify:
+            _check_official(folder / fname, md5, f"{name} file {fname}")
+    if name == "cifar10":
+        train = [_unpickle(folder / f"data_batch_{i}") for i in range(1, 6)]
+        test = [_unpickle(folder / "test_batch")]
+        classes = _unpickle(folder / "batches.meta")["label_names"]
+        key = "labels"
+    else:
+        train, test = [_unpickle(folder / "train")], [_unpickle(folder / "test")]
+        classes = _unpickle(folder / "meta")["fine_label_names"]
+        key = "fine_labels"
+    for part, batch in (("train", train), ("test", test)):
+        for b in batch:
+            if "data" not in b or key not in b:
+                raise DatasetError(f"{name} {part} pickle in {folder} lacks 'data' or '{key}': "
+                                   f"not an official {name} python batch")
+    xtr, ytr = _cifar_arrays(train, key)
+    xte, yte = _cifar_arrays(test, key)
+    return xtr, ytr, xte, yte, list(classes)
+
+
+# ---------------------------------------------------------------- SVHN (.mat, cropped digits)
+def _read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.io import loadmat
+
+    try:
+        m = loadmat(path)
+    except Exception as e:  # scipy raises several types for broken files
+        raise DatasetError(f"{path} is corrupted or not an SVHN .mat file ({e})") from e
+    if "X" not in m or "y" not in m:
+        raise DatasetError(f"{path} has no 'X'/'y' arrays: not an official SVHN cropped-digits file")
+    x = np.ascontiguousarray(np.transpose(m["X"], (3, 2, 0, 1)).astype(np.uint8))
+    y = m["y"].astype(np.int64).reshape(-1)
+    y[y == 10] = 0  # SVHN stores digit 0 as label 10
+    return x, y
+
+
+def read_svhn(root: Path, download: bool = False, verify: bool = True):
+    folder = ensure_files("svhn", root, download)
+    for fname, md5 in OFFICIAL["svhn"]["files"].items():
+        if verify:
+            _check_official(folder / fname, md5, f"SVHN file {fname}")
+    xtr, ytr = _read_svhn_mat(folder / "train_32x32.mat")
+    xte, yte = _read_svhn_mat(folder / "test_32x32.mat")
+    return xtr, ytr, xte, yte, [str(i) for i in range(10)]
+
+
+# ---------------------------------------------------------------- image folders and their archives
+def _decode(data: bytes, origin: str, mode: str | None) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im = im.convert(mode or ("RGB" if im.mode not in ("L", "1") else "L"))
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception as e:
+        raise DatasetError(f"cannot decode image {origin} ({e})") from e
+    return arr[None] if arr.ndim == 2 else np.transpose(arr, (2, 0, 1))
+
+
+def _iter_folder(root: Path):
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            yield p.relative_to(root).as_posix(), p.read_bytes()
+
+
+def _iter_tar(path: Path):
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            members = sorted((m for m in tar.getmembers()
+                              if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES),
+                             key=lambda m: m.name)
+            for m in members:
+                yield m.name, tar.extractfile(m).read()
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DatasetError(f"archive {path} is corrupted or not a tar archive ({e})") from e
+
+
+def _split_parts(rel: str) -> tuple[str, str] | None:
+    """'<prefix>/train/<class>/file.jpg' -> ('train', '<class>'), or None when not in the layout."""
+    parts = rel.split("/")
+    for i, p in enumerate(parts[:-2]):
+        if p in ("train", "test", "val") and i + 2 == len(parts) - 1:
+            return ("test" if p == "val" else p), parts[i + 1]
+    return None
+
+
+def _cache_path(source: Path, mode: str | None) -> Path:
+    st = source.stat()
+    key = hashlib.sha1(f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}|{mode}".encode()).hexdigest()[:16]
+    base = Path(os.environ.get("ABSLD_CACHE", Path.home() / ".cache" / "absld"))
+    return base / f"imagefolder-{source.name}-{key}.npz"
+
+
+def read_imagefolder(root: Path, mode: str | None = None, cache: bool = True):
+    """A folder or .tar/.tar.gz laid out as train/<class>/*, test/<class>/* (val/ counts as test)."""
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"image folder or archive {root} does not exist; expected a directory or "
+                           f".tar/.tar.gz with train/<class>/* and test/<class>/* inside")
+    cache_file = _cache_path(root, mode) if cache and root.is_file() else None
+    if cache_file is not None and cache_file.exists():
+        with np.load(cache_file, allow_pickle=False) as z:
+            return (z["train_x"], z["train_y"], z["test_x"], z["test_y"], [str(c) for c in z["classes"]])
+    items = _iter_folder(root) if root.is_dir() else _iter_tar(root)
+    found: dict[str, list[tuple[str, np.ndarray]]] = {"train": [], "test": []}
+    for rel, data in items:
+        where = _split_parts(rel)
+        if where is not None:
+            found[where[0]].append((where[1], _decode(data, f"{root}:{rel}", mode)))
+    for part in ("train", "test"):
+        if not found[part]:
+            raise DatasetError(f"{root} holds no images under {part}/<class>/; expected the layout "
+                               f"train/<class>/*.jpg and test/<class>/*.jpg")
+    classes = sorted({c for part in found.values() for c, _ in part})
+    index = {c: i for i, c in enumerate(classes)}
+    out = []
+    for part in ("train", "test"):
+        shapes = {a.shape for _, a in found[part]}
+        if len(shapes) != 1:
+            raise DatasetError(f"images in {root}/{part} differ in size or channels ({sorted(shapes)[:3]}...); "
+                               f"resize them to one size first")
+        out.append(np.stack([a for _, a in found[part]]))
+        out.append(np.array([index[c] for c, _ in found[part]], dtype=np.int64))
+    result = (out[0], out[1], out[2], out[3], classes)
+    if cache_file is not None:
+        _write_cache(cache_file, result)
+    return result
+
+
+def _write_cache(path: Path, result) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, train_x=result[0], train_y=result[1], test_x=result[2], test_y=result[3],
+                 classes=np.array(result[4]))
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only cache is not fatal, only slower next time
+        warnings.warn(f"could not write the decode cache {path} ({e})", stacklevel=2)
+
+
+# ---------------------------------------------------------------- offline and synthetic data
+def read_digits(test_fraction: float = 0.25, seed: int = 0):
+    """scikit-learn's 1,797 8x8 handwritten digits, scaled to uint8, split class-balanced."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.clip(np.rint(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)[:, None]
+    y = d.target.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    test_mask = np.zeros(len(y), dtype=bool)
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        test_mask[idx[: int(round(len(idx) * test_fraction))]] = True
+    return x[~test_mask], y[~test_mask], x[test_mask], y[test_mask], [str(i) for i in range(10)]
+
+
+def read_synthetic(num_classes: int = 10, train_per_class: int = 64, test_per_class: int = 32,
+                   image_size: int = 16, channels: int = 3, seed: int = 0, noise: float = 40.0,
+                   class_noise: list | None = None):
+    """Seeded, learnable toy images: each class is a fixed random template plus Gaussian noise
+    (std `noise`, or class_noise[c] for class c, which makes chosen classes harder)."""
+    rng = np.random.default_rng(seed)
+    templates = rng.uniform(40, 215, size=(num_classes, channels, image_size, image_size))
+
+    std = np.full(num_classes, float(noise)) if class_noise is None else np.asarray(class_noise, dtype=float)
+    if std.shape != (num_classes,) or (std < 0).any():
+        raise ValueError(f"class_noise needs {num_classes} non-negative values, got {class_noise}")
+
+    def make(per_class):
+        y = np.repeat(np.arange(num_classes), per_class)
+        x = templates[y] + rng.normal(0, 1, size=(len(y), channels, image_size, image_size)) * std[y, None, None, None]
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8), y.astype(np.int64)
+
+    xtr, ytr = make(train_per_class)
+    xte, yte = make(test_per_class)
+    return xtr, ytr, xte, yte, [f"class{i}" for i in range(num_classes)]
