@@ -149,13 +149,13 @@ def describe_smoothness(summary: pd.DataFrame, ssd: str, dsd: str, hard: Sequenc
     s, d = summary.loc[ssd], summary.loc[dsd]
     dw, da, dn = d["worst"] - s["worst"], d["avg"] - s["avg"], d["nsd"] - s["nsd"]
 
-    def verb(x, up="higher", down="lower"):
-        return "the same" if abs(x) < 0.05 else (up if x > 0 else down)
+    def verb(x, up="higher", down="lower", tol=0.05):
+        return "the same" if abs(x) < tol else (up if x > 0 else down)
 
     claim = dw > 0 and abs(da) <= max(2.0, abs(dw))
     return (f"**{dsd}** vs **{ssd}** (hard classes: {', '.join(hard)}): worst-class PGD accuracy "
             f"{d['worst']:.1f}% vs {s['worst']:.1f}% ({dw:+.1f} points, {verb(dw)}), average {d['avg']:.1f}% vs "
-            f"{s['avg']:.1f}% ({da:+.1f}), NSD {d['nsd']:.3f} vs {s['nsd']:.3f} ({verb(dn, 'less fair', 'fairer')}). "
+            f"{s['avg']:.1f}% ({da:+.1f}), NSD {d['nsd']:.3f} vs {s['nsd']:.3f} ({verb(dn, 'less fair', 'fairer', tol=0.0005)}). "
             + ("This run agrees with the claim: similar average, better worst class under class-wise smoothness."
                if claim else "This run does not show the claimed effect (better worst class at a similar average); "
                              "at this scale and budget the difference may be noise."))
