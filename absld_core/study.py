@@ -247,12 +247,17 @@ def run_study(preset: str = "smoke", overrides: list[str] | None = None, force: 
     return 0
 
 
-def write_summary(table, figure_dir: str | Path, title: str) -> tuple[Path, Path]:
-    """The study's summary table as markdown and CSV in figure_dir."""
+def write_summary(table, figure_dir: str | Path, title: str, per_class=None, attack: str = "pgd20") -> tuple[Path, Path]:
+    """The study's summary table (and, when given, the method x class table under `attack`) as
+    markdown and CSV in figure_dir."""
     from .experiments import markdown_summary
 
     figure_dir = Path(figure_dir)
-    md = write_text_atomic(figure_dir / "summary.md", f"# {title}\n\n" + markdown_summary(table))
+    text = f"# {title}\n\n" + markdown_summary(table)
+    if per_class is not None:
+        text += f"\nClass-wise {attack} accuracy (%):\n\n" + markdown_summary(per_class)
+        write_text_atomic(figure_dir / f"class_wise_{attack}.csv", per_class.to_csv())
+    md = write_text_atomic(figure_dir / "summary.md", text)
     flat = table.copy()
     flat.columns = [" ".join(c) if isinstance(c, tuple) else c for c in flat.columns]
     csv = write_text_atomic(figure_dir / "summary.csv", flat.to_csv())

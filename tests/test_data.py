@@ -201,3 +201,23 @@ def test_balanced_indices_errors():
     y = torch.tensor([0, 0, 1])
     with pytest.raises(DatasetError, match="positive integer"):
         balanced_indices(y, 0, 2)
+
+
+def test_download_and_verify_with_a_local_url(tmp_path, monkeypatch):
+    """The online path (fetch, checksum, extract) against a file:// URL; a wrong checksum is refused."""
+    from absld_core.data import download
+
+    src = tmp_path / "src"
+    _write_cifar10(src)
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    spec = {**download.OFFICIAL["cifar10"], "url": archive.as_uri(), "archive_md5": download.md5_of(archive)}
+    monkeypatch.setitem(download.OFFICIAL, "cifar10", spec)
+    with pytest.warns(UserWarning, match="not byte-identical"):
+        ds = load_dataset("cifar10", root=tmp_path / "dl", download=True)
+    assert len(ds.train_y) == 100 and (tmp_path / "dl" / "cifar-10-python.tar.gz").is_file()
+    monkeypatch.setitem(download.OFFICIAL, "cifar10", {**spec, "archive_md5": "0" * 32})
+    with pytest.raises(DatasetError, match="has md5 .* expected 0000"):
+        load_dataset("cifar10", root=tmp_path / "dl2", download=True)
+    assert not list((tmp_path / "dl2").glob("*.part"))  # no half-written file left behind

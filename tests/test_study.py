@@ -48,7 +48,8 @@ def test_every_notebook_runs_and_leaves_runs_and_figures(smoke_study):
               "explorer_schedule.png", "explorer_soft_labels.png", "summary.md", "summary.csv"):
         assert (figs / f).is_file() and (figs / f).stat().st_size > 500, f
     summary = (figs / "summary.md").read_text()
-    assert "absld_ham" in summary and "pgd20 worst" in summary
+    assert "absld_ham" in summary and "pgd20 worst" in summary and "Class-wise pgd20 accuracy" in summary
+    assert (figs / "class_wise_pgd20.csv").is_file()
     hist = [json.loads(l) for l in (runs / "student-absld" / "history.jsonl").read_text().splitlines()]
     assert len(hist) == 2 and len(hist[-1]["tau_adv"]) == 10
     nb1 = nbformat.read(runs / "notebooks" / "01_smoothness_vs_fairness.ipynb", as_version=4)
@@ -98,3 +99,19 @@ def test_presets_resolve():
     for name in ("smoke", "cifar10-cpu", "paper"):
         per_nb = resolve_parameters(load_preset(name), Path("."))
         assert set(per_nb) == set(NOTEBOOKS)
+
+
+def test_explorer_in_interactive_mode_does_not_wait_for_input(smoke_study, tmp_path):
+    import papermill as pm
+
+    out, rc, _ = smoke_study
+    assert rc == 0
+    dst = tmp_path / "explorer.ipynb"
+    pm.execute_notebook(str(ROOT / "notebooks" / "05_temperature_explorer.ipynb"), str(dst), kernel_name="absld",
+                        parameters={"run_root": str(out / "runs" / "smoke"), "interactive": True,
+                                    "figure_dir": str(tmp_path)}, execution_timeout=180, progress_bar=False,
+                        cwd=str(out))
+    nb = nbformat.read(dst, as_version=4)
+    views = [o for c in nb.cells for o in c.get("outputs", [])
+             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert views, "the sliders were not displayed"
