@@ -9,7 +9,6 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from .config import apply_overrides
 from .runs import RunDir, load_run
 
 STUDENT_METHODS = ("pgd_at", "trades", "rslad", "absld", "ham", "absld_ham")
@@ -137,7 +136,3 @@ def markdown_summary(table: pd.DataFrame, digits: int = 1) -> str:
                 cells.append(str(v))
         lines.append(f"| {idx} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def with_overrides(cfg: dict, overrides: dict | list | None) -> dict:
-    return apply_overrides(cfg, overrides)

@@ -6,7 +6,7 @@ settings reproduces the temperatures the run recorded (a test checks this).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np

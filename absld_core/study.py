@@ -116,7 +116,7 @@ def _declared(nb_path: Path) -> dict:
     return pm.inspect_notebook(str(nb_path))
 
 
-def resolve_parameters(spec: dict, out_root: Path) -> dict[str, dict]:
+def resolve_parameters(spec: dict) -> dict[str, dict]:
     """Per notebook, the parameters it gets; refuses names no notebook declares and wrong types."""
     name = spec["name"]
     shared = {"preset": name, "run_root": str(Path("runs") / name), "figure_dir": str(Path("figures") / name),
@@ -208,7 +208,7 @@ def run_study(preset: str = "smoke", overrides: list[str] | None = None, force: 
 
     out_root = Path(out_root).resolve()
     spec = load_preset(preset, overrides)
-    per_nb = resolve_parameters(spec, out_root)  # refuses bad input before any work
+    per_nb = resolve_parameters(spec)  # refuses bad input before any work
     name = spec["name"]
     run_root, fig_root = out_root / "runs" / name, out_root / "figures" / name
     (run_root / "notebooks").mkdir(parents=True, exist_ok=True)

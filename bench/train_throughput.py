@@ -30,7 +30,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from machine import machine_info  # noqa: E402
 
-from absld_core import attacks as A  # noqa: E402
 from absld_core.config import TrainConfig  # noqa: E402
 from absld_core.data import BatchIterator  # noqa: E402
 from absld_core.distributed import DistInfo  # noqa: E402

@@ -1,6 +1,5 @@
 """The engine: resumable and recorded runs, protected run directories, validated configs."""
 import json
-import os
 import signal
 import subprocess
 import sys

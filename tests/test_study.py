@@ -1,6 +1,5 @@
 """The study: every notebook through papermill with tiny parameters, skipping, refusals, failures."""
 import json
-from pathlib import Path
 
 import nbformat
 import pytest
@@ -97,7 +96,7 @@ def test_invalid_preset_and_parameters_are_refused_before_work(tmp_path):
 
 def test_presets_resolve():
     for name in ("smoke", "cifar10-cpu", "paper"):
-        per_nb = resolve_parameters(load_preset(name), Path("."))
+        per_nb = resolve_parameters(load_preset(name))
         assert set(per_nb) == set(NOTEBOOKS)
 
 

@@ -1,7 +1,6 @@
 """Teachers and baselines: natural training, PGD-AT (Madry) and TRADES."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from .. import attacks as A
