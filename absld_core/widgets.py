@@ -66,18 +66,18 @@ class Explorer:
         return fig1, fig2
 
     def finetune(self, s: ReplaySettings, epochs: int = 1, name: str | None = None) -> Path:
-        """A short ABSLD fine-tune of the run's student with the replayed schedule as a fixed table."""
+        """A short ABSLD fine-tune of the run's student, from its last weights and lr, with the
+        temperatures the replayed schedule ends at."""
         from .engine import train
 
         ta, tn = self.schedules(s)
-        rows_a = [list(map(float, r)) for r in ta[1:epochs + 1]] or [list(map(float, ta[-1]))]
-        rows_n = [list(map(float, r)) for r in tn[1:epochs + 1]] or [list(map(float, tn[-1]))]
         cfg = self.cfg.to_dict_raw()
         cfg["name"] = name or f"{self.cfg.name}-finetune"
         cfg["overwrite"], cfg["resume"], cfg["stop_after"] = True, False, None
         cfg["model"]["init_checkpoint"] = str(self.run_dir / "last.pt")
-        cfg["method"].update(schedule="table", tau_table_adv=[list(map(float, ta[-1]))] + rows_a,
-                             tau_table_nat=[list(map(float, tn[-1]))] + rows_n, coupled_temperatures=False)
+        # the schedule's end state, held fixed (a one-row table); already the product when coupled
+        cfg["method"].update(schedule="table", tau_table_adv=[[float(t) for t in ta[-1]]],
+                             tau_table_nat=[[float(t) for t in tn[-1]]], coupled_temperatures=False)
         cfg["optim"].update(epochs=epochs, milestones=(), schedule="constant",
                             lr=float(self.history["lr"].iloc[-1]))
         return train(cfg)

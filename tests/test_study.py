@@ -51,6 +51,10 @@ def test_every_notebook_runs_and_leaves_runs_and_figures(smoke_study):
     assert (figs / "class_wise_pgd20.csv").is_file()
     hist = [json.loads(l) for l in (runs / "student-absld" / "history.jsonl").read_text().splitlines()]
     assert len(hist) == 2 and len(hist[-1]["tau_adv"]) == 10
+    # the explorer's fine-tune (recorded settings) trains with the temperatures the run ended at
+    ft = [json.loads(l) for l in (runs / "student-absld-finetune" / "history.jsonl").read_text().splitlines()]
+    assert ft[0]["tau_adv"] == pytest.approx(hist[-1]["tau_adv"], abs=1e-6)
+    assert ft[0]["tau_nat"] == pytest.approx(hist[-1]["tau_nat"], abs=1e-6)
     nb1 = nbformat.read(runs / "notebooks" / "01_smoothness_vs_fairness.ipynb", as_version=4)
     text = "".join(o.get("data", {}).get("text/markdown", "") for c in nb1.cells for o in c.get("outputs", []))
     assert text.count("worst-class PGD accuracy") == 2  # the statement computed from the run's numbers
