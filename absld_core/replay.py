@@ -26,6 +26,7 @@ class ReplaySettings:
     decay_epochs: tuple = ()      # eta x decay after each of these epochs (the lr milestones)
     decay: float = 0.1
     coupled: bool = False         # release quirk: both targets use t_adv * t_nat
+    eta_factors: tuple | None = None  # exact multiplier of eta at the end of each epoch (overrides decay_epochs)
 
     def __post_init__(self):
         if not (0 < self.tau_min < self.tau_max):
@@ -46,7 +47,10 @@ def replay(risk_adv: np.ndarray, risk_nat: np.ndarray, s: ReplaySettings) -> tup
     ta, tn = torch.full((C,), float(s.tau_init_adv)), torch.full((C,), float(s.tau_init_nat))
     out_a, out_n = [ta.numpy().copy()], [tn.numpy().copy()]
     for e in range(1, len(ra) + 1):
-        eta = s.eta * s.decay ** sum(e >= d for d in s.decay_epochs)
+        if s.eta_factors is not None:
+            eta = s.eta * s.eta_factors[min(e, len(s.eta_factors)) - 1]
+        else:
+            eta = s.eta * s.decay ** sum(e >= d for d in s.decay_epochs)
         ta = absld_update(ta, torch.tensor(ra[e - 1]), eta, s.tau_min, s.tau_max)
         tn = absld_update(tn, torch.tensor(rn[e - 1]), eta, s.tau_min, s.tau_max)
         out_a.append(ta.numpy().copy())

@@ -43,11 +43,13 @@ class Explorer:
         with torch.no_grad():
             self.teacher_logits = teacher(self.images.to(device)).cpu()
         m = self.cfg.method
-        from .schedule import milestone_epochs
+        from .schedule import lr_factor, milestone_epochs
+        E = len(self.risk_adv)
+        factors = tuple(lr_factor(self.cfg.optim, e + 1) if m.eta_follows_lr else 1.0 for e in range(1, E + 1))
         self.recorded = ReplaySettings(eta=m.eta, tau_min=m.tau_min, tau_max=m.tau_max,
                                        tau_init_adv=float(np.mean(m.tau_init_adv)), tau_init_nat=float(np.mean(m.tau_init_nat)),
                                        decay_epochs=tuple(milestone_epochs(self.cfg.optim)) if m.eta_follows_lr else (),
-                                       coupled=m.coupled_temperatures)
+                                       coupled=m.coupled_temperatures, eta_factors=factors)
 
     def schedules(self, s: ReplaySettings) -> tuple[np.ndarray, np.ndarray]:
         ta, tn = replay(self.risk_adv, self.risk_nat, s)
@@ -117,8 +119,9 @@ def temperature_explorer(run_dir: str | Path, settings: ReplaySettings | None = 
                                       description="initial tau (adv)", style=style, layout=lay),
         "tau_init_nat": W.FloatSlider(value=s.tau_init_nat, min=0.1, max=5.0, step=0.05,
                                       description="initial tau (nat)", style=style, layout=lay),
-        "decay": W.Text(value=",".join(map(str, s.decay_epochs)), description="eta decay after epochs",
-                        placeholder="e.g. 215,260,285", style=style, layout=lay),
+        "decay": W.Text(value="" if s.eta_factors is not None else ",".join(map(str, s.decay_epochs)),
+                        description="eta x0.1 after epochs", placeholder="the run's lr schedule",
+                        style=style, layout=lay),
         "coupled": W.Checkbox(value=s.coupled, description="couple adv and nat (release quirk)"),
         "epoch": W.IntSlider(value=E if epoch is None else epoch, min=0, max=E, description="soft labels at epoch",
                              style=style, layout=lay),
@@ -128,11 +131,13 @@ def temperature_explorer(run_dir: str | Path, settings: ReplaySettings | None = 
                       layout=W.Layout(width="320px"))
 
     def current() -> ReplaySettings:
-        decay = tuple(int(t) for t in w["decay"].value.replace(" ", "").split(",") if t.strip().isdigit())
+        text = w["decay"].value.replace(" ", "")
+        decay = tuple(int(t) for t in text.split(",") if t.strip().isdigit())
         lo, hi = w["bounds"].value
         return ReplaySettings(eta=w["eta"].value, tau_min=lo, tau_max=hi if hi > lo else lo + 0.1,
                               tau_init_adv=w["tau_init_adv"].value, tau_init_nat=w["tau_init_nat"].value,
-                              decay_epochs=decay, coupled=w["coupled"].value)
+                              decay_epochs=decay, coupled=w["coupled"].value,
+                              eta_factors=s.eta_factors if not text else None)
 
     def redraw(_=None):
         with out:
