@@ -94,18 +94,18 @@ def load_preset(preset: str, overrides: list[str] | None = None) -> dict:
     spec.setdefault("parameters", {})
     spec.setdefault("per_notebook", {})
     spec["notebooks"] = list(spec.get("notebooks", NOTEBOOKS))
-    bad = [n for n in spec["notebooks"] + list(spec["per_notebook"]) if n not in NOTEBOOKS]
-    if bad:
-        raise StudyError(f"preset {path.name}: unknown notebook(s) {bad}; known: {', '.join(NOTEBOOKS)}")
     for item in overrides or []:
         if "=" not in item:
-            raise StudyError(f"override {item!r} must look like name=value")
+            raise StudyError(f"override {item!r} must look like name=value or notebook.name=value")
         k, v = item.split("=", 1)
         if "." in k:
             nb, k = k.split(".", 1)
             spec["per_notebook"].setdefault(nb, {})[k] = yaml.safe_load(v)
         else:
             spec["parameters"][k] = yaml.safe_load(v)
+    bad = [n for n in spec["notebooks"] + list(spec["per_notebook"]) if n not in NOTEBOOKS]
+    if bad:
+        raise StudyError(f"preset {path.name}: unknown notebook(s) {bad}; known: {', '.join(NOTEBOOKS)}")
     spec["name"] = path.stem
     return spec
 

@@ -93,6 +93,10 @@ def test_invalid_preset_and_parameters_are_refused_before_work(tmp_path):
         run_study("smoke", ["epochs=0"], out_root=tmp_path)
     with pytest.raises(StudyError, match=r"notebook 02_teacher has no parameter\(s\) \['eta'\]"):
         run_study("smoke", ["02_teacher.eta=0.1"], out_root=tmp_path)
+    with pytest.raises(StudyError, match=r"unknown notebook\(s\) \['06_extra'\]"):
+        run_study("smoke", ["06_extra.eta=0.1"], out_root=tmp_path)
+    with pytest.raises(StudyError, match="must look like name=value"):
+        run_study("smoke", ["epochs"], out_root=tmp_path)
     with pytest.raises(StudyError, match="attack.eps"):
         run_study("smoke", ["eps_255=300"], out_root=tmp_path)
     assert not (tmp_path / "runs").exists()
