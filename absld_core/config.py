@@ -253,27 +253,21 @@ class TrainConfig:
             raise ConfigError(f"a training config must be a dict or TrainConfig, got {type(d).__name__}")
         return _build(cls, d, "")
 
-    def to_dict(self) -> dict:
+    def to_dict(self, keep_callables: bool = False) -> dict:
+        """Nested plain dict (tuples as lists). Callables (a schedule function) become a descriptive
+        string unless keep_callables, which keeps them for building a modified copy."""
         def conv(v):
             if dataclasses.is_dataclass(v):
                 return {f.name: conv(getattr(v, f.name)) for f in fields(v)}
             if callable(v):
-                return f"<function {getattr(v, '__qualname__', repr(v))}>"
+                return v if keep_callables else f"<function {getattr(v, '__qualname__', repr(v))}>"
             if isinstance(v, tuple):
                 return [conv(x) for x in v]
             return v
         return conv(self)
 
     def replace(self, **overrides) -> "TrainConfig":
-        return TrainConfig.from_dict(apply_overrides(self.to_dict_raw(), overrides))
-
-    def to_dict_raw(self) -> dict:
-        """Like to_dict but keeps callables (for building a modified copy)."""
-        def conv(v):
-            if dataclasses.is_dataclass(v):
-                return {f.name: conv(getattr(v, f.name)) for f in fields(v)}
-            return v
-        return conv(self)
+        return TrainConfig.from_dict(apply_overrides(self.to_dict(keep_callables=True), overrides))
 
     @property
     def run_dir(self) -> Path:

@@ -73,7 +73,7 @@ class Explorer:
         from .engine import train
 
         ta, tn = self.schedules(s)
-        cfg = self.cfg.to_dict_raw()
+        cfg = self.cfg.to_dict(keep_callables=True)
         cfg["name"] = name or f"{self.cfg.name}-finetune"
         cfg["overwrite"], cfg["resume"], cfg["stop_after"] = True, False, None
         cfg["model"]["init_checkpoint"] = str(self.run_dir / "last.pt")
