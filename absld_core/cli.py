@@ -33,12 +33,12 @@ def _eval(args) -> int:
 
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     ds = load_dataset(args.dataset, args.root)
-    model, meta = model_from_checkpoint(args.checkpoint, args.device, arch=args.model,
-                                        num_classes=args.num_classes or ds.num_classes,
-                                        width=args.width, depth=args.depth)
+    model, meta = model_from_checkpoint(args.checkpoint, args.device, defaults={"num_classes": ds.num_classes},
+                                        arch=args.model, num_classes=args.num_classes, width=args.width,
+                                        depth=args.depth)
     if int(meta["num_classes"]) != ds.num_classes:
-        raise SystemExit(f"error: checkpoint predicts {meta['num_classes']} classes but {args.dataset} has "
-                         f"{ds.num_classes}")
+        raise ValueError(f"checkpoint {args.checkpoint} predicts {meta['num_classes']} classes but "
+                         f"{args.dataset} has {ds.num_classes}")
     x, y = (ds.test_subset(args.per_class) if args.per_class else (ds.test_x, ds.test_y))
     aa_opts = {"n_iter": args.aa_iters} if args.aa_iters else {}
     df = evaluate(model, x, y, attacks, classes=ds.classes, eps=args.eps_255 / 255, pgd_alpha=args.alpha,

@@ -90,11 +90,8 @@ def load_teacher(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn
         path = found[0]
     elif not path.is_file():
         raise FileNotFoundError(f"method.teacher.checkpoint={str(path)!r} does not exist")
-    over = {"arch": t.arch, "width": t.width, "depth": t.depth}
-    ckpt_meta = load_checkpoint(path)["meta"]
-    if "num_classes" not in ckpt_meta:
-        over["num_classes"] = num_classes
-    teacher, meta = model_from_checkpoint(path, device, **over)
+    teacher, meta = model_from_checkpoint(path, device, defaults={"num_classes": num_classes},
+                                          arch=t.arch, width=t.width, depth=t.depth)
     if int(meta["num_classes"]) != num_classes:
         raise ValueError(f"teacher {path} predicts {meta['num_classes']} classes but the data has {num_classes}")
     teacher.eval().requires_grad_(False)

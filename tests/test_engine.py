@@ -183,3 +183,20 @@ def test_run_or_resume_reuses_retrains_and_ignores_fields_added_later(tmp_path):
     run_or_resume({**cfg, "optim": {**cfg["optim"], "lr": 0.01}}, log=said.append)
     assert said and "configuration changed (optim.lr)" in said[0]
     assert (run / "metrics.json").stat().st_mtime_ns != stamp
+
+
+def test_cli_eval_names_a_class_count_mismatch(tmp_path, capsys):
+    run = train(tiny("e", "natural", tmp_path, optim__epochs=1))  # 4 synthetic classes
+    assert cli_main(["eval", "--checkpoint", str(run / "last.pt"), "--dataset", "digits", "--attacks", "clean"]) == 2
+    assert "predicts 4 classes but digits has 10" in capsys.readouterr().err
+
+
+def test_external_teacher_state_dict_takes_its_class_count_from_the_data(tmp_path):
+    from absld_core.models import build_model
+
+    t = build_model("small_cnn", 4, width=4)
+    torch.save(t.state_dict(), tmp_path / "bare.pt")  # no meta, as a released teacher
+    run = train(tiny("s", "rslad", tmp_path, optim__epochs=1,
+                     method={"name": "rslad", "teacher": {"checkpoint": str(tmp_path / "bare.pt"),
+                                                          "arch": "small_cnn", "width": 4}}))
+    assert RunDir(run).finished()

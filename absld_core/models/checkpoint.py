@@ -103,13 +103,14 @@ def load_state_dict(model: nn.Module, state: dict, source: str = "checkpoint") -
 
 
 def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
-                          **overrides: Any) -> tuple[nn.Module, dict]:
+                          defaults: dict | None = None, **overrides: Any) -> tuple[nn.Module, dict]:
     """Rebuild the model recorded in a checkpoint's meta (arch, num_classes, ...) and load its weights.
-    overrides (arch, num_classes, in_channels, depth, width, mean, std) fill in for external files."""
+    overrides (arch, num_classes, in_channels, depth, width, mean, std) replace what the meta says;
+    defaults only fill in what it does not say (external state dicts record nothing)."""
     from . import build_model
 
     ckpt = load_checkpoint(path, map_location)
-    meta = {**ckpt["meta"], **{k: v for k, v in overrides.items() if v is not None}}
+    meta = {**(defaults or {}), **ckpt["meta"], **{k: v for k, v in overrides.items() if v is not None}}
     if "arch" not in meta or "num_classes" not in meta:
         raise CheckpointError(f"checkpoint {path} does not record its architecture; pass arch= and "
                               f"num_classes= (CLI: --model NAME --num-classes N)")
