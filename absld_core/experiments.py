@@ -9,6 +9,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
+from .evaluate import SUMMARY_COLUMNS
 from .runs import RunDir, load_run
 
 STUDENT_METHODS = ("pgd_at", "trades", "rslad", "absld", "ham", "absld_ham")
@@ -115,7 +116,7 @@ def class_table(runs: dict[str, str | Path], attack: str = "pgd20") -> pd.DataFr
     for label, path in runs.items():
         df = load_run(path)["metrics"]
         if df is not None and attack in df.index:
-            classes = df.attrs.get("classes") or [c for c in df.columns if c not in ("avg", "worst", "worst_class", "nsd", "n")]
+            classes = df.attrs.get("classes") or [c for c in df.columns if c not in SUMMARY_COLUMNS]
             rows[label] = {c: float(df.loc[attack, c]) for c in classes}
     return pd.DataFrame.from_dict(rows, orient="index")
 

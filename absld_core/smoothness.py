@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .experiments import run_or_resume
+from .experiments import class_table, run_or_resume
 from .runs import load_run
 
 
@@ -91,11 +91,10 @@ def train_pairs(base: dict, reference: str | Path, p: Plan) -> dict[str, Path]:
 
 def compare(runs: dict[str, str | Path], attack: str = "pgd20") -> tuple[pd.DataFrame, pd.DataFrame]:
     """(summary: avg / worst / worst_class / nsd per run, class accuracies: runs x classes) on the test set."""
-    summary, classes = {}, {}
+    summary = {}
     for label, path in runs.items():
         df = load_run(path)["metrics"]
         if attack not in df.index:
             raise ValueError(f"{path} was not evaluated with {attack}; it has {list(df.index)}")
         summary[label] = {k: df.loc[attack, k] for k in ("avg", "worst", "worst_class", "nsd")}
-        classes[label] = {c: float(df.loc[attack, c]) for c in df.attrs["classes"]}
-    return pd.DataFrame.from_dict(summary, orient="index"), pd.DataFrame.from_dict(classes, orient="index")
+    return pd.DataFrame.from_dict(summary, orient="index"), class_table(runs, attack)
