@@ -212,8 +212,9 @@ def train(config, *, info: DistInfo | None = None) -> Path:
         barrier(info)
     except BaseException as e:
         if info.is_main:
-            run.set_status("failed", error=f"{type(e).__name__}: {e}",
-                           last_checkpoint_epoch=(load_checkpoint(run.last)["epoch"] if run.last.is_file() else None))
+            # status.json's epoch is written right after each last.pt, so it names that checkpoint's epoch
+            done = run.status().get("epoch") if run.last.is_file() else None
+            run.set_status("failed", error=f"{type(e).__name__}: {e}", last_checkpoint_epoch=done)
         raise
     return run.path
 

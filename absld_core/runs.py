@@ -87,8 +87,8 @@ class RunDir:
         return [json.loads(line) for line in self.history_file.read_text().splitlines() if line.strip()]
 
     def append_history(self, record: dict) -> None:
-        lines = [json.dumps(r) for r in self.history()] + [json.dumps(_clean(record))]
-        write_text_atomic(self.history_file, "\n".join(lines) + "\n")
+        before = self.history_file.read_text() if self.history_file.is_file() else ""
+        write_text_atomic(self.history_file, before + json.dumps(_clean(record)) + "\n")
 
     def truncate_history(self, last_epoch: int) -> None:
         """Drop records past the checkpointed epoch (a kill between history and checkpoint writes)."""

@@ -106,6 +106,7 @@ def test_non_finite_loss_names_epoch_and_batch_and_keeps_checkpoint(tmp_path, mo
     run = RunDir(tmp_path / "nan")
     assert load_checkpoint(run.last)["epoch"] == 1
     assert run.status()["state"] == "failed" and "epoch 2" in run.status()["error"]
+    assert run.status()["last_checkpoint_epoch"] == 1
 
 
 @pytest.mark.parametrize("override, message", [
