@@ -10,6 +10,7 @@ chosen checkpoint is evaluated class-wise on the test set into metrics.json.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import shutil
 import time
 from pathlib import Path
@@ -98,6 +99,13 @@ def load_teacher(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn
     return teacher
 
 
+def make_optimizer(model: nn.Module, optim, device: torch.device) -> torch.optim.SGD:
+    """SGD with momentum and weight decay; the fused CUDA kernel where this torch has one."""
+    fused = device.type == "cuda" and "fused" in inspect.signature(torch.optim.SGD).parameters
+    return torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum,
+                           weight_decay=optim.weight_decay, **({"fused": True} if fused else {}))
+
+
 def _rng_state(device: torch.device) -> dict:
     s = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -140,6 +148,8 @@ def train(config, *, info: DistInfo | None = None) -> Path:
         return run.path
     barrier(info)
     torch.manual_seed(cfg.seed + info.rank)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     mf = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     ds = prepare_data(cfg)
@@ -149,9 +159,7 @@ def train(config, *, info: DistInfo | None = None) -> Path:
     teacher = None
     if method.needs_teacher:
         teacher = load_teacher(cfg, ds.num_classes, device).to(memory_format=mf)
-    fused = device.type == "cuda"
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                          weight_decay=cfg.optim.weight_decay, **({"fused": True} if fused else {}))
+    opt = make_optimizer(model, cfg.optim, device)
     loader = BatchIterator(ds.train_x, ds.train_y, cfg.optim.batch_size, shuffle=True, augment=cfg.data.augment,
                            pad=cfg.data.pad, seed=cfg.seed, device=device, memory_format=mf,
                            rank=info.rank, world_size=info.world_size, drop_last=info.enabled)
@@ -219,19 +227,59 @@ def train(config, *, info: DistInfo | None = None) -> Path:
     return run.path
 
 
+class EpochTotals:
+    """An epoch's sums, kept on the device so that a step never waits for the host: class risks
+    (adversarial and clean), class counts, HAM's kept examples and the loss."""
+
+    def __init__(self, C: int, device: torch.device):
+        z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
+        self.risk_adv, self.risk_nat, self.count = z(C), z(C), z(C)
+        self.kept, self.loss_sum, self.n_loss = z(()), z(()), z(())
+        self.has_adv = self.has_nat = self.has_kept = False
+
+    def tensors(self):
+        return self.risk_adv, self.risk_nat, self.count, self.kept, self.loss_sum, self.n_loss
+
+
+def step_loss(out, x, fwd, info: DistInfo):
+    """The loss to back-propagate; under DDP a batch without one (HAM: no hard example) still joins
+    the gradient all-reduce with a zero loss."""
+    if out.loss is None and info.enabled:
+        (z,) = fwd(x[:1])
+        return z.float().sum() * 0.0
+    return out.loss
+
+
+def apply_step(out, loss, y, opt, totals: EpochTotals) -> None:
+    """Backward, optimiser step and the device-side bookkeeping of one batch (no host reads)."""
+    totals.count.index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
+    if out.kept is not None:
+        totals.kept += out.kept.sum()
+        totals.has_kept = True
+    if loss is None:
+        return
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if out.loss is not None:
+        totals.loss_sum += loss.detach().double() * len(y)
+        totals.n_loss += len(y)
+    if out.ce_adv is not None:
+        totals.risk_adv.index_add_(0, out.risk_y, out.ce_adv.double())
+        totals.has_adv = True
+    if out.ce_nat is not None:
+        totals.risk_nat.index_add_(0, out.risk_y, out.ce_nat.double())
+        totals.has_nat = True
+
+
 def _train_epoch(cfg, epoch, model, net, fwd, teacher, method, opt, loader, device, info, autocast,
                  attack_dtype, C) -> dict:
     loader.set_epoch(epoch)
     method.start_epoch(epoch)
     model.train()
     nb = len(loader)
-    risk_adv = torch.zeros(C, dtype=torch.float64, device=device)
-    risk_nat = torch.zeros(C, dtype=torch.float64, device=device)
-    count = torch.zeros(C, dtype=torch.float64, device=device)
-    kept = torch.zeros((), dtype=torch.float64, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    n_loss = torch.zeros((), dtype=torch.float64, device=device)
-    has_adv = has_nat = has_kept = False
+    totals = EpochTotals(C, device)
+    # the finite-loss check reads the loss on the host; on a GPU only every 25th batch (and the last)
     check_every = 1 if device.type == "cpu" else 25
     ctx = StepContext(raw=net, forward=fwd, eps=cfg.attack.eps, alpha=cfg.attack.alpha, steps=cfg.attack.steps,
                       epoch=epoch, num_classes=C, teacher=teacher, autocast=autocast, attack_dtype=attack_dtype,
@@ -245,60 +293,40 @@ def _train_epoch(cfg, epoch, model, net, fwd, teacher, method, opt, loader, devi
         for g in opt.param_groups:
             g["lr"] = lr
         out = method.step(x, y, ctx)
-        count.index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
+        loss = step_loss(out, x, fwd, info)
         seen += len(y)
-        if out.kept is not None:
-            kept += out.kept.sum()
-            has_kept = True
-        loss = out.loss
-        if loss is None and info.enabled:  # every process must join the gradient all-reduce
-            (z,) = fwd(x[:1])
-            loss = z.float().sum() * 0.0
-        if loss is None:
-            continue
-        if b % check_every == 0 or b == nb - 1:
+        if loss is not None and (b % check_every == 0 or b == nb - 1):
             if not torch.isfinite(loss).item():
                 raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {b + 1} of {nb}; "
                                          f"the run keeps its last good checkpoint (epoch {epoch - 1}); lower "
                                          f"optim.lr or check the inputs, then resume")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if out.loss is not None:
-            loss_sum += loss.detach().double() * len(y)
-            n_loss += len(y)
-        if out.ce_adv is not None:
-            risk_adv.index_add_(0, out.risk_y, out.ce_adv.double())
-            has_adv = True
-        if out.ce_nat is not None:
-            risk_nat.index_add_(0, out.risk_y, out.ce_nat.double())
-            has_nat = True
-        if cfg.progress and info.is_main and (b % 10 == 0 or b == nb - 1):
+        apply_step(out, loss, y, opt, totals)
+        if loss is not None and cfg.progress and info.is_main and (b % 10 == 0 or b == nb - 1):
             bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         bar.update(1)
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
-    for t in (risk_adv, risk_nat, count, kept, loss_sum, n_loss):
+    for t in totals.tensors():
         all_reduce_sum(t, info)
     if isinstance(method, Distill) and method.cfg.fair_reweight:
         method.reduce_steps(lambda t: all_reduce_sum(t, info))
-    denom = count.clamp_min(1)
-    r_adv = (risk_adv / denom).cpu() if has_adv else None
-    r_nat = (risk_nat / denom).cpu() if has_nat else None
+    denom = totals.count.clamp_min(1)
+    r_adv = (totals.risk_adv / denom).cpu() if totals.has_adv else None
+    r_nat = (totals.risk_nat / denom).cpu() if totals.has_nat else None
     extra = method.end_epoch(epoch, r_adv if r_adv is not None else torch.zeros(C),
                              r_nat if r_nat is not None else torch.zeros(C),
                              lr_factor(cfg.optim, epoch + 1), {})
-    total = float(count.sum())
-    record = {"epoch": epoch, "lr": lr, "loss": float(loss_sum / n_loss.clamp_min(1)), "seconds": seconds,
-              "images_per_second": total / seconds if seconds > 0 else None, "samples": total}
+    total = float(totals.count.sum())
+    record = {"epoch": epoch, "lr": lr, "loss": float(totals.loss_sum / totals.n_loss.clamp_min(1)),
+              "seconds": seconds, "images_per_second": total / seconds if seconds > 0 else None, "samples": total}
     if r_adv is not None:
         record["class_risk_adv"] = r_adv.tolist()
     if r_nat is not None:
         record["class_risk_nat"] = r_nat.tolist()
-    if has_kept:
-        record["kept_fraction"] = float(kept) / total
+    if totals.has_kept:
+        record["kept_fraction"] = float(totals.kept) / total
     record.update(extra)
     return record
 

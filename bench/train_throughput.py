@@ -33,7 +33,7 @@ from machine import machine_info  # noqa: E402
 from absld_core.config import TrainConfig  # noqa: E402
 from absld_core.data import BatchIterator  # noqa: E402
 from absld_core.distributed import DistInfo  # noqa: E402
-from absld_core.engine import MultiView, _train_epoch  # noqa: E402
+from absld_core.engine import MultiView, _train_epoch, make_optimizer  # noqa: E402
 from absld_core.methods import StepContext, build_method  # noqa: E402
 from absld_core.models import build_model  # noqa: E402
 
@@ -120,7 +120,8 @@ def config(args, method: str) -> TrainConfig:
         "attack": {"eps": EPS, "alpha": ALPHA, "steps": K, "amp_dtype": "bf16" if args.attack_bf16 else None},
         "method": {"name": method, "teacher": {"checkpoint": "unused"} if method in ("rslad", "absld", "absld_ham") else None,
                    "ham_start_epoch": 1},
-        "optim": {"epochs": 1, "batch_size": args.batch, "lr": 0.1, "schedule": "constant"}})
+        "optim": {"epochs": 1, "batch_size": args.batch, "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4,
+                  "schedule": "constant"}})
 
 
 def time_ours(args, method_name, student0, teacher, x, y, device) -> dict:
@@ -129,8 +130,7 @@ def time_ours(args, method_name, student0, teacher, x, y, device) -> dict:
     student = copy.deepcopy(student0).to(device, memory_format=mf)
     net = torch.compile(student) if args.compile else student
     method = build_method(cfg.method, 10, device)
-    opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4,
-                          **({"fused": True} if device.type == "cuda" else {}))
+    opt = make_optimizer(student, cfg.optim, device)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.precision == "bf16" else None
     import contextlib
     autocast = autocast or contextlib.nullcontext
@@ -178,7 +178,22 @@ def time_reference(args, student0, teacher, x, y, device) -> dict:
 
 
 def check_same_loss(args, student0, teacher, x, y, device) -> dict:
-    """Both paths on one fixed batch (no augmentation), same weights and random state: same loss."""
+    """Both paths on one fixed batch (no augmentation), same weights and random state: same loss.
+    On a GPU, TF32 and cuDNN's algorithm search are off for the check (plain fp32, same kernels)."""
+    if device.type == "cuda":
+        saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+                 torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+        try:
+            return _check_same_loss(args, student0, teacher, x, y, device)
+        finally:
+            (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) = saved
+    return _check_same_loss(args, student0, teacher, x, y, device)
+
+
+def _check_same_loss(args, student0, teacher, x, y, device) -> dict:
     xb, yb = x[: args.batch].float().div(255).to(device), y[: args.batch].to(device)
     tau = torch.linspace(0.6, 1.8, 10)
     s1, s2 = copy.deepcopy(student0).to(device), copy.deepcopy(student0).to(device)
@@ -198,6 +213,52 @@ def check_same_loss(args, student0, teacher, x, y, device) -> dict:
     return {"reference_loss": ref, "our_loss": ours}
 
 
+def setup(args):
+    """Everything a measurement needs, the same in every process: data, student init, teacher."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the engine does; both paths get it
+    torch.manual_seed(0)
+    n = (max(args.steps, 1) + args.warmup) * args.batch
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
+    y = torch.arange(n) % 10
+    student0 = build_model(args.student, 10)
+    tkw = {"width": args.teacher_width} if args.teacher_width else {}
+    if args.teacher == "wrn":
+        tkw["depth"] = args.teacher_depth
+    teacher = build_model(args.teacher, 10, **tkw).to(device).eval().requires_grad_(False)
+    return device, x, y, student0, teacher
+
+
+def measure(args, what: str) -> dict:
+    """One measurement: 'sizes', 'check' (same loss), 'reference' or one of our methods."""
+    device, x, y, student0, teacher = setup(args)
+    if what == "sizes":
+        return {"teacher_parameters": sum(p.numel() for p in teacher.parameters()),
+                "student_parameters": sum(p.numel() for p in student0.parameters())}
+    if what == "check":
+        return check_same_loss(args, student0, teacher, x, y, device)
+    baseline = peak_memory(device)
+    out = (time_reference(args, student0, teacher, x, y, device) if what == "reference"
+           else time_ours(args, what, student0, teacher, x, y, device))
+    if device.type != "cuda":
+        out["peak_rss_before_timing_bytes"] = baseline
+    return out
+
+
+def run(args, what: str) -> dict:
+    """In a fresh process of its own (--isolate, the default), so that each path's peak memory is its
+    own, and one path's allocator state or compiled kernels do not carry over to the next."""
+    if not args.isolate:
+        return measure(args, what)
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
+        return ex.submit(measure, args, what).result()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--student", default="small_cnn")
@@ -215,34 +276,33 @@ def main() -> int:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--ref-workers", type=int, default=None, help="DataLoader workers of the reference (cpu: 0)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-isolate", dest="isolate", action="store_false",
+                    help="measure every path in this process (peak memory is then the process's)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda asked for, but this torch sees no CUDA device")
     if args.ref_workers is None:
         args.ref_workers = 4 if device.type == "cuda" else 0
-    torch.manual_seed(0)
-    n = (max(args.steps, 1) + args.warmup) * args.batch
-    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
-    y = torch.arange(n) % 10
-    student0 = build_model(args.student, 10)
-    tkw = {"width": args.teacher_width} if args.teacher_width else {}
-    if args.teacher == "wrn":
-        tkw["depth"] = args.teacher_depth
-    teacher = build_model(args.teacher, 10, **tkw).to(device).eval().requires_grad_(False)
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - {"natural", "pgd_at", "trades", "rslad", "absld", "ham", "absld_ham"})
+    if unknown:
+        ap.error(f"--methods: unknown {unknown}; choose from natural, pgd_at, trades, rslad, absld, ham, absld_ham")
     result = {"what": "training steps per second, steady state (after warm-up), our engine vs a reference-style "
                       "ABSLD step", "machine": machine_info(), "settings": vars(args),
-              "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
-              "student_parameters": sum(p.numel() for p in student0.parameters())}
-    result["same_loss_check"] = check_same_loss(args, student0, teacher, x, y, device)
-    print("same loss:", result["same_loss_check"])
-    result["reference_absld"] = time_reference(args, student0, teacher, x, y, device)
-    print("reference absld:", result["reference_absld"])
+              "peak_memory": ("torch.cuda.max_memory_allocated over the timed steps" if device.type == "cuda" else
+                              "peak RSS of the process that ran the path (each path in its own process)"
+                              if args.isolate else "peak RSS of the whole benchmark process"),
+              **run(args, "sizes")}
+    result["same_loss_check"] = run(args, "check")
+    print("same loss:", result["same_loss_check"], flush=True)
+    result["reference_absld"] = run(args, "reference")
+    print("reference absld:", result["reference_absld"], flush=True)
     result["ours"] = {}
-    for m in args.methods.split(","):
-        result["ours"][m] = time_ours(args, m, student0, teacher, x, y, device)
-        print(f"ours {m}:", result["ours"][m])
+    for m in methods:
+        result["ours"][m] = run(args, m)
+        print(f"ours {m}:", result["ours"][m], flush=True)
     if "absld" in result["ours"]:
         result["absld_speedup_over_reference"] = (result["ours"]["absld"]["images_per_s"]
                                                   / result["reference_absld"]["images_per_s"])

@@ -66,6 +66,21 @@ class Method:
         pass
 
 
+class DeviceMirror:
+    """A copy on the training device of a small host tensor (temperatures, class weights), made again
+    only when the host tensor changes (another object, or an in-place edit). Copying from the host in
+    every step would make the host wait for the GPU (a blocking copy) once per batch."""
+
+    def __init__(self):
+        self._src = self._version = self._copy = None
+
+    def get(self, t: torch.Tensor, device: torch.device) -> torch.Tensor:
+        if (self._copy is None or self._src is not t or self._version != t._version
+                or self._copy.device != torch.device(device)):
+            self._copy, self._src, self._version = t.to(device), t, t._version
+        return self._copy
+
+
 def per_class(value: Any, num_classes: int, name: str) -> torch.Tensor:
     """A float, or one value per class, as a float tensor of length num_classes."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):

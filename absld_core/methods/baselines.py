@@ -12,9 +12,10 @@ class Natural(Method):
 
     def __init__(self, cfg, num_classes, device):
         super().__init__(cfg, num_classes, device)
-        self.smoothing = per_class(cfg.label_smoothing, num_classes, "method.label_smoothing").to(device)
-        if (self.smoothing < 0).any() or (self.smoothing > 1).any():
-            raise ValueError(f"method.label_smoothing must lie in [0, 1], got {self.smoothing.tolist()}")
+        s = per_class(cfg.label_smoothing, num_classes, "method.label_smoothing")
+        if (s < 0).any() or (s > 1).any():
+            raise ValueError(f"method.label_smoothing must lie in [0, 1], got {s.tolist()}")
+        self.smoothing = s.to(device)
 
     def targets(self, y):
         return smoothed_targets(y, self.smoothing, self.num_classes)

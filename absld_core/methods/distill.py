@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import attacks as A
-from .base import Method, StepContext, StepOutput, kd_per_sample, weighted_mean
+from .base import DeviceMirror, Method, StepContext, StepOutput, kd_per_sample, weighted_mean
 from .temperature import Temperatures
 
 
@@ -31,6 +31,7 @@ class Distill(Method):
         super().__init__(cfg, num_classes, device)
         self.temps = Temperatures(cfg, num_classes, force_fixed=self.fixed_unit_temperatures)
         self.class_weights = torch.ones(num_classes)
+        self._weights_dev = DeviceMirror()
         self._steps_sum = torch.zeros(num_classes, dtype=torch.float64, device=device)
         self._steps_cnt = torch.zeros(num_classes, dtype=torch.float64, device=device)
         self.last_eta = None
@@ -44,7 +45,7 @@ class Distill(Method):
         return F.softmax(z_t / ta[:, None], 1), F.softmax(z_t / tn[:, None], 1)
 
     def sample_weights(self, y):
-        return self.class_weights.to(y.device)[y] if self.cfg.fair_reweight else None
+        return self._weights_dev.get(self.class_weights, y.device)[y] if self.cfg.fair_reweight else None
 
     def record_steps(self, y, steps):
         self._steps_sum.index_add_(0, y, steps.double())

@@ -28,6 +28,12 @@ def hardness_weights(first_cross: torch.Tensor, early_steps: int) -> torch.Tenso
     return w / w.mean()
 
 
+def hard_index(hard: torch.Tensor) -> torch.Tensor:
+    """Positions of the hard examples. Reading the hard set's size is the one point where a HAM step
+    waits for the device (early dropping makes the training batch's shape depend on the data)."""
+    return hard.nonzero().squeeze(1)
+
+
 def keep_all(out: StepOutput, y: torch.Tensor) -> StepOutput:
     """Before HAM switches on, the whole batch is trained on (kept fraction 1)."""
     out.kept = torch.ones_like(y, dtype=torch.bool)
@@ -40,14 +46,15 @@ class HAM(PGDAT):
         if ctx.epoch < c.ham_start_epoch:
             return keep_all(super().step(x, y, ctx), y)
         x_m, first, hard = mine_hard(ctx, x, y, c.ham_early_steps)
-        if not hard.any():
+        h = hard_index(hard)
+        if h.numel() == 0:
             return StepOutput(None, kept=hard)
-        xh, yh = x[hard], y[hard]
-        x_adv = A.pgd(ctx.raw, xh, yh, ctx.eps, ctx.alpha, ctx.steps - c.ham_early_steps, x_init=x_m[hard],
+        xh, yh = x[h], y[h]
+        x_adv = A.pgd(ctx.raw, xh, yh, ctx.eps, ctx.alpha, ctx.steps - c.ham_early_steps, x_init=x_m[h],
                       amp_dtype=ctx.attack_dtype)
         with ctx.autocast():
             (z,) = ctx.forward(x_adv)
-        w = hardness_weights(first[hard], c.ham_early_steps) if c.ham_weighting == "hardness" else None
+        w = hardness_weights(first[h], c.ham_early_steps) if c.ham_weighting == "hardness" else None
         loss = weighted_mean(soft_ce(z, self.targets(yh)), w)
         ce = F.cross_entropy(z.float(), yh, reduction="none").detach()
         return StepOutput(loss, yh, ce, None, kept=hard)
@@ -66,10 +73,11 @@ class ABSLDHAM(ABSLD):
         x_m, first, hard = mine_hard(ctx, x, y, c.ham_early_steps)
         if c.fair_reweight:
             self.record_steps(y, first)
-        if not hard.any():
+        h = hard_index(hard)
+        if h.numel() == 0:
             return StepOutput(None, kept=hard)
-        xh, yh = x[hard], y[hard]
-        x_adv = A.pgd_kl(ctx.raw, xh, p_adv[hard], ctx.eps, ctx.alpha, ctx.steps - c.ham_early_steps,
-                         x_init=x_m[hard], amp_dtype=ctx.attack_dtype)
-        loss, ce_adv, ce_nat = self.distill_loss(x_adv, xh, yh, p_adv[hard], p_nat[hard], ctx)
+        xh, yh = x[h], y[h]
+        x_adv = A.pgd_kl(ctx.raw, xh, p_adv[h], ctx.eps, ctx.alpha, ctx.steps - c.ham_early_steps,
+                         x_init=x_m[h], amp_dtype=ctx.attack_dtype)
+        loss, ce_adv, ce_nat = self.distill_loss(x_adv, xh, yh, p_adv[h], p_nat[h], ctx)
         return StepOutput(loss, yh, ce_adv, ce_nat, kept=hard)

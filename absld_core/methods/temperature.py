@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..config import MethodConfig
-from .base import per_class
+from .base import DeviceMirror, per_class
 
 
 def absld_update(tau: torch.Tensor, risk: torch.Tensor, eta: float, tau_min: float, tau_max: float) -> torch.Tensor:
@@ -23,6 +23,7 @@ class Temperatures:
 
     def __init__(self, cfg: MethodConfig, num_classes: int, force_fixed: bool = False):
         self.cfg, self.C = cfg, num_classes
+        self._adv_dev, self._nat_dev = DeviceMirror(), DeviceMirror()
         self.schedule = "fixed" if force_fixed else cfg.schedule
         self.adv = per_class(1.0 if force_fixed else cfg.tau_init_adv, num_classes, "method.tau_init_adv")
         self.nat = per_class(1.0 if force_fixed else cfg.tau_init_nat, num_classes, "method.tau_init_nat")
@@ -70,7 +71,7 @@ class Temperatures:
 
     def per_sample(self, y: torch.Tensor, coupled: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Temperatures of each sample's true class (adv, nat); coupled: both are t_adv[y] * t_nat[y]."""
-        ta, tn = self.adv.to(y.device)[y], self.nat.to(y.device)[y]
+        ta, tn = self._adv_dev.get(self.adv, y.device)[y], self._nat_dev.get(self.nat, y.device)[y]
         if coupled:
             ta = tn = ta * tn
         return ta, tn
