@@ -152,27 +152,32 @@ def time_ours(args, method_name, student0, teacher, x, y, device) -> dict:
 
 
 def time_reference(args, student0, teacher, x, y, device) -> dict:
+    """One DataLoader for the warm-up and the timed steps, so that starting its worker processes is
+    part of the warm-up, as it is of the first batches of a real epoch, not of the timed steps."""
     student = copy.deepcopy(student0).to(device)
     opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
     ds = CpuTransformDataset(x.permute(0, 2, 3, 1).numpy(), y.numpy())
     tau_adv, tau_nat = torch.ones(10, device=device), torch.ones(10, device=device)
     risk_adv, risk_nat = [0.0] * 10, [0.0] * 10
-    out = {}
-    for phase, n in (("warmup", args.warmup), ("timed", args.steps)):
-        if n == 0:
-            continue
-        sub = torch.utils.data.Subset(ds, range(n * args.batch))
-        loader = torch.utils.data.DataLoader(sub, batch_size=args.batch, shuffle=True, num_workers=args.ref_workers,
-                                             drop_last=True, pin_memory=device.type == "cuda")
-        reset_peak(device)
-        sync(device)
-        t0 = time.perf_counter()
-        for xb, yb in loader:
+    sub = torch.utils.data.Subset(ds, range((args.warmup + args.steps) * args.batch))
+    loader = torch.utils.data.DataLoader(sub, batch_size=args.batch, shuffle=True, num_workers=args.ref_workers,
+                                         drop_last=True, pin_memory=device.type == "cuda")
+    batches = iter(loader)
+
+    def steps(n):
+        for _ in range(n):
+            xb, yb = next(batches)
             reference_step(student, teacher, opt, xb.to(device), yb.to(device), tau_adv, tau_nat, risk_adv, risk_nat)
-        sync(device)
-        dt = time.perf_counter() - t0
-        out = {"images_per_s": n * args.batch / dt, "seconds": dt, "images": n * args.batch}
-    out["peak_memory_bytes"] = peak_memory(device)
+
+    steps(args.warmup)
+    reset_peak(device)
+    sync(device)
+    t0 = time.perf_counter()
+    steps(args.steps)
+    sync(device)
+    dt = time.perf_counter() - t0
+    out = {"images_per_s": args.steps * args.batch / dt, "seconds": dt, "images": args.steps * args.batch,
+           "peak_memory_bytes": peak_memory(device)}
     out["seconds_per_50k_epoch"] = 50000 / out["images_per_s"]
     return out
 
@@ -221,7 +226,7 @@ def setup(args):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the engine does; both paths get it
     torch.manual_seed(0)
-    n = (max(args.steps, 1) + args.warmup) * args.batch
+    n = (args.steps + args.warmup) * args.batch
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
     y = torch.arange(n) % 10
     student0 = build_model(args.student, 10)
@@ -283,6 +288,8 @@ def main() -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda asked for, but this torch sees no CUDA device")
+    if args.steps < 1 or args.warmup < 0 or args.batch < 1:
+        ap.error(f"need --steps >= 1, --warmup >= 0 and --batch >= 1; got {args.steps}, {args.warmup}, {args.batch}")
     if args.ref_workers is None:
         args.ref_workers = 4 if device.type == "cuda" else 0
     methods = [m for m in args.methods.split(",") if m]
