@@ -52,6 +52,15 @@ def broadcast_tensor(t: torch.Tensor, info: DistInfo, src: int = 0) -> torch.Ten
     return t
 
 
+def all_gather_objects(obj, info: DistInfo) -> list:
+    """Every process's `obj` (picklable), in rank order, on every process."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

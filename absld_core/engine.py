@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .data import BatchIterator, Dataset, load_dataset
-from .distributed import DistInfo, all_reduce_sum, barrier, init_from_env
+from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, init_from_env
 from .evaluate import evaluate, save_table
 from .methods import Distill, Method, StepContext, build_method
 from .models import build_model, load_checkpoint, load_state_dict, model_from_checkpoint, save_checkpoint
@@ -119,6 +119,19 @@ def _set_rng_state(s: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(s["cuda"], device)
 
 
+def _restore_rng(ck: dict, info: DistInfo, device: torch.device, seed: int) -> None:
+    """Each process continues its own random stream. A checkpoint from another number of processes
+    has no stream for some ranks: those are seeded afresh (from seed, rank and epoch), so that no two
+    processes draw the same attack starts."""
+    states = ck.get("rng_per_rank") or [ck["rng"]]
+    if len(states) == info.world_size:
+        _set_rng_state(states[info.rank], device)
+    elif info.rank == 0:
+        _set_rng_state(states[0], device)
+    else:
+        torch.manual_seed(seed + info.rank + 1_000_003 * int(ck["epoch"]))
+
+
 def _prepare_run_dir(cfg: TrainConfig, run: RunDir, info: DistInfo) -> bool:
     """Returns True when the run should resume from last.pt; raises when the directory is taken."""
     if not run.exists():
@@ -178,7 +191,7 @@ def train(config, *, info: DistInfo | None = None) -> Path:
         load_state_dict(model, ck["model"], source=str(run.last))
         opt.load_state_dict(ck["optimizer"])
         method.load_state_dict(ck["method"])
-        _set_rng_state(ck["rng"], device)
+        _restore_rng(ck, info, device, cfg.seed)
         start, best = int(ck["epoch"]) + 1, dict(ck["best"])
         if info.is_main:
             run.truncate_history(int(ck["epoch"]))
@@ -204,11 +217,12 @@ def train(config, *, info: DistInfo | None = None) -> Path:
                                   autocast, attack_dtype, ds.num_classes)
             if info.is_main and (epoch % cfg.eval_every == 0 or epoch == cfg.optim.epochs):
                 record["val"] = _validate(cfg, model, ds, device, run, meta, epoch, best)
+            rng = all_gather_objects(_rng_state(device), info)  # every process's stream, for an exact resume
             if info.is_main:
                 run.append_history(record)
                 atomic_torch_save({"model": model.state_dict(), "meta": meta, "optimizer": opt.state_dict(),
-                                   "method": method.state_dict(), "rng": _rng_state(device), "epoch": epoch,
-                                   "best": best}, run.last)
+                                   "method": method.state_dict(), "rng": rng[0], "rng_per_rank": rng,
+                                   "epoch": epoch, "best": best}, run.last)
                 run.set_status("running", epoch=epoch)
             barrier(info)
             if cfg.stop_after is not None and epoch >= cfg.stop_after and epoch < cfg.optim.epochs:

@@ -91,3 +91,63 @@ def test_fast_path_matches_plain_fp32_loss(tmp_path):
     # so a few pixels may take the other step, but nearly all must agree
     same = torch.isclose(advs[0], advs[1], atol=1e-6).float().mean().item()
     assert same > 0.98, same
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
+def test_two_process_run_stopped_and_resumed_equals_uninterrupted(tmp_path):
+    """Each process's random stream (Gaussian attack starts) is saved and restored: a 2-process run
+    stopped after epoch 1 and resumed ends with the same weights as one that never stopped."""
+    teacher = train(tiny("t", "natural", tmp_path, optim__epochs=1))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def torchrun(name, *extra):
+        cfg = tiny(name, "absld", tmp_path, optim__epochs=2, optim__batch_size=8, model__norm="none",
+                   attack__kl_init_std=0.05, method={"name": "absld", "teacher": {"checkpoint": str(teacher)}})
+        f = tmp_path / f"{name}.yaml"
+        f.write_text(yaml.safe_dump(cfg))
+        out = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "absld_core.cli", "train",
+                              "--config", str(f), *extra], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return tmp_path / name
+
+    whole = torchrun("whole")
+    part = torchrun("part", "--set", "stop_after=1")
+    assert RunDir(part).status()["state"] == "stopped"
+    stopped = load_checkpoint(part / "last.pt")
+    assert len(stopped["rng_per_rank"]) == 2
+    assert not torch.equal(stopped["rng_per_rank"][0]["cpu"], stopped["rng_per_rank"][1]["cpu"])
+    torchrun("part", "--resume", "--set", "stop_after=null")
+    a, b = load_checkpoint(whole / "last.pt"), load_checkpoint(part / "last.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6, rtol=0), k
+    assert torch.allclose(a["method"]["tau_adv"], b["method"]["tau_adv"], atol=1e-6)
+    assert RunDir(part).finished()
+
+
+def test_random_streams_when_the_number_of_processes_changes():
+    from absld_core.distributed import DistInfo
+    from absld_core.engine import _restore_rng, _rng_state
+
+    cpu = torch.device("cpu")
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states.append(_rng_state(cpu))
+    ck = {"rng": states[0], "rng_per_rank": states, "epoch": 3}
+
+    def draw(info, checkpoint):
+        _restore_rng(checkpoint, info, cpu, seed=0)
+        return torch.rand(4)
+
+    def fresh(seed):
+        torch.manual_seed(seed)
+        return torch.rand(4)
+
+    assert torch.equal(draw(DistInfo(1, 2), ck), fresh(2))  # same world size: each rank its own stream
+    assert torch.equal(draw(DistInfo(0, 1), ck), fresh(1))  # fewer processes: rank 0 keeps its own
+    old = {"rng": states[0], "epoch": 3}  # a one-process checkpoint resumed by three processes
+    draws = [draw(DistInfo(r, 3), old) for r in range(3)]
+    assert torch.equal(draws[0], fresh(1))
+    assert not torch.equal(draws[1], draws[0]) and not torch.equal(draws[2], draws[1])
