@@ -99,8 +99,11 @@ def test_moving_a_slider_redraws_the_plot(lab):
             except StaleElementReferenceException:  # the output area is being redrawn
                 return []
 
-        wait.until(lambda d: len(plot_sources(d)) >= 2)
-        before = plot_sources(driver)
+        def plots_shown(d):
+            now = plot_sources(d)  # read once: a second read may catch the output area mid-redraw
+            return now if len(now) >= 2 else False
+
+        before = wait.until(plots_shown)
         handle = driver.find_elements(By.CSS_SELECTOR, ".widget-slider .noUi-handle, .jupyter-widgets .noUi-handle")[0]
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", handle)
         handle.click()
