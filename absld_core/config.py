@@ -42,6 +42,16 @@ def _in_range(name, v, lo, hi, lo_open=False, hi_open=False):
         raise _err(name, v, f"must lie in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
 
 
+def check_temperature_rule(eta, tau_min, tau_max, prefix: str = "") -> None:
+    """The settings of ABSLD's temperature rule, as both the engine (MethodConfig) and the explorer's
+    replay (ReplaySettings) accept them: 0 < tau_min < tau_max and eta >= 0."""
+    _in_range(f"{prefix}tau_min", tau_min, 0, float("inf"), lo_open=True)
+    if not tau_min < tau_max:
+        raise ConfigError(f"{prefix}tau_min={tau_min} and {prefix}tau_max={tau_max} are inverted: "
+                          f"need 0 < tau_min < tau_max")
+    _in_range(f"{prefix}eta", eta, 0, float("inf"))
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "digits"
@@ -160,11 +170,7 @@ class MethodConfig:
                               f"to a teacher checkpoint or run directory")
         if self.schedule not in SCHEDULES:
             raise _err("method.schedule", self.schedule, f"one of {', '.join(SCHEDULES)}")
-        _in_range("method.tau_min", self.tau_min, 0, float("inf"), lo_open=True)
-        if not self.tau_min < self.tau_max:
-            raise ConfigError(f"method.tau_min={self.tau_min} and method.tau_max={self.tau_max} are inverted: "
-                              f"tau_min must be smaller than tau_max")
-        _in_range("method.eta", self.eta, 0, float("inf"))
+        check_temperature_rule(self.eta, self.tau_min, self.tau_max, "method.")
         _in_range("method.beta", self.beta, 0, float("inf"))
         if self.schedule == "table" and self.tau_table_adv is None and self.tau_table_nat is None:
             raise ConfigError("method.schedule='table' needs method.tau_table_adv and/or method.tau_table_nat "

@@ -106,6 +106,13 @@ def make_optimizer(model: nn.Module, optim, device: torch.device) -> torch.optim
                            weight_decay=optim.weight_decay, **({"fused": True} if fused else {}))
 
 
+def precision_contexts(cfg: TrainConfig, device: torch.device):
+    """(context for the training passes: bf16 autocast or nothing, dtype of the attack passes)."""
+    autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.precision == "bf16"
+                else contextlib.nullcontext)
+    return autocast, (torch.bfloat16 if cfg.attack.amp_dtype == "bf16" else None)
+
+
 def _rng_state(device: torch.device) -> dict:
     s = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -207,9 +214,7 @@ def train(config, *, info: DistInfo | None = None) -> Path:
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
         fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.precision == "bf16"
-                else contextlib.nullcontext)
-    attack_dtype = torch.bfloat16 if cfg.attack.amp_dtype == "bf16" else None
+    autocast, attack_dtype = precision_contexts(cfg, device)
 
     try:
         for epoch in range(start, cfg.optim.epochs + 1):

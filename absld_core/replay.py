@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import check_temperature_rule
 from .methods.temperature import absld_update
 
 
@@ -29,10 +30,7 @@ class ReplaySettings:
     eta_factors: tuple | None = None  # exact multiplier of eta at the end of each epoch (overrides decay_epochs)
 
     def __post_init__(self):
-        if not (0 < self.tau_min < self.tau_max):
-            raise ValueError(f"need 0 < tau_min < tau_max, got tau_min={self.tau_min}, tau_max={self.tau_max}")
-        if self.eta < 0:
-            raise ValueError(f"eta must be >= 0, got {self.eta}")
+        check_temperature_rule(self.eta, self.tau_min, self.tau_max)
 
 
 def replay(risk_adv: np.ndarray, risk_nat: np.ndarray, s: ReplaySettings) -> tuple[np.ndarray, np.ndarray]:

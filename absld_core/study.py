@@ -40,7 +40,10 @@ PARAM_NAMES = ("preset", "run_root", "figure_dir", "dataset", "data_root", "trai
 
 
 def base_config(p: dict, name: str, method: dict, **over) -> dict:
-    """A training config (dict) from notebook parameters; shared by every notebook."""
+    """A training config (dict) from notebook parameters; shared by every notebook. `over` sets
+    nested fields, `optim__epochs=3` for optim.epochs."""
+    from .config import apply_overrides
+
     attacks = lambda s: [a.strip() for a in str(s).split(",") if a.strip()]  # noqa: E731
     cfg = {
         "name": name, "out_dir": p["run_root"], "seed": int(p.get("seed", 0)), "device": p.get("device", "cpu"),
@@ -58,13 +61,7 @@ def base_config(p: dict, name: str, method: dict, **over) -> dict:
         "optim": {"epochs": int(p["epochs"]), "batch_size": int(p.get("batch_size", 128)), "lr": float(p.get("lr", 0.1)),
                   "schedule": p.get("lr_schedule", "paper300")},
     }
-    for key, value in over.items():
-        node = cfg
-        parts = key.split("__")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return cfg
+    return apply_overrides(cfg, {k.replace("__", "."): v for k, v in over.items()})
 
 
 def params_from(namespace: dict, extra: tuple = ()) -> dict:

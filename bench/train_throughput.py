@@ -33,7 +33,7 @@ from machine import machine_info  # noqa: E402
 from absld_core.config import TrainConfig  # noqa: E402
 from absld_core.data import BatchIterator  # noqa: E402
 from absld_core.distributed import DistInfo  # noqa: E402
-from absld_core.engine import MultiView, _train_epoch, make_optimizer  # noqa: E402
+from absld_core.engine import MultiView, _train_epoch, make_optimizer, precision_contexts  # noqa: E402
 from absld_core.methods import StepContext, build_method  # noqa: E402
 from absld_core.models import build_model  # noqa: E402
 
@@ -131,10 +131,7 @@ def time_ours(args, method_name, student0, teacher, x, y, device) -> dict:
     net = torch.compile(student) if args.compile else student
     method = build_method(cfg.method, 10, device)
     opt = make_optimizer(student, cfg.optim, device)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.precision == "bf16" else None
-    import contextlib
-    autocast = autocast or contextlib.nullcontext
-    attack_dtype = torch.bfloat16 if args.attack_bf16 else None
+    autocast, attack_dtype = precision_contexts(cfg, device)
     t = teacher.to(memory_format=mf) if method.needs_teacher else None
     out = {}
     for phase, n in (("warmup", args.warmup), ("timed", args.steps)):

@@ -1,6 +1,8 @@
 """Shared tiny configurations for the training tests (synthetic data, a 4-wide CNN, CPU)."""
 import copy
 
+from absld_core.config import apply_overrides
+
 
 def tiny(name, method_name, out_dir, **over):
     cfg = {
@@ -13,10 +15,4 @@ def tiny(name, method_name, out_dir, **over):
         "method": {"name": method_name, "ham_early_steps": 2},
         "optim": {"epochs": 2, "batch_size": 16, "lr": 0.05, "schedule": "constant"},
     }
-    for key, value in over.items():
-        node = cfg
-        parts = key.split("__")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = copy.deepcopy(value)
-    return cfg
+    return apply_overrides(cfg, {k.replace("__", "."): copy.deepcopy(v) for k, v in over.items()})

@@ -30,7 +30,7 @@ def _check_official(path: Path, expected_md5: str | None, what: str) -> None:
         warnings.warn(
             f"{path} is not byte-identical to the official {what} (md5 {got}, official "
             f"{expected_md5}); using it anyway. Results on it may differ from published numbers.",
-            stacklevel=3,
+            stacklevel=4,  # the line in load_dataset that called the reader
         )
 
 
@@ -50,12 +50,17 @@ def _cifar_arrays(batches: list[dict], label_key: str) -> tuple[np.ndarray, np.n
     return x, y
 
 
-def read_cifar(name: str, root: Path, download: bool = False, verify: bool = True):
-    spec = OFFICIAL[name]
+def _official_folder(name: str, root: Path, download: bool, verify: bool, what: str) -> Path:
+    """The folder of the official files (downloaded if asked), each compared with the release."""
     folder = ensure_files(name, root, download)
-    for fname, md5 in spec["files"].items():
-        if verify:
-            _check_official(folder / fname, md5, f"{name} file {fname}")
+    if verify:
+        for fname, md5 in OFFICIAL[name]["files"].items():
+            _check_official(folder / fname, md5, f"{what} file {fname}")
+    return folder
+
+
+def read_cifar(name: str, root: Path, download: bool = False, verify: bool = True):
+    folder = _official_folder(name, root, download, verify, name)
     if name == "cifar10":
         train = [_unpickle(folder / f"data_batch_{i}") for i in range(1, 6)]
         test = [_unpickle(folder / "test_batch")]
@@ -92,10 +97,7 @@ def _read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_svhn(root: Path, download: bool = False, verify: bool = True):
-    folder = ensure_files("svhn", root, download)
-    for fname, md5 in OFFICIAL["svhn"]["files"].items():
-        if verify:
-            _check_official(folder / fname, md5, f"SVHN file {fname}")
+    folder = _official_folder("svhn", root, download, verify, "SVHN")
     xtr, ytr = _read_svhn_mat(folder / "train_32x32.mat")
     xte, yte = _read_svhn_mat(folder / "test_32x32.mat")
     return xtr, ytr, xte, yte, [str(i) for i in range(10)]
