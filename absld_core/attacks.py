@@ -8,6 +8,7 @@ torch.autograd.grad with respect to the input only). Attacks run the model in ev
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -15,14 +16,30 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["fgsm", "pgd", "pgd_kl", "trades_kl", "cw_inf", "pgd_boundary_steps", "autoattack",
-           "kl_to_targets", "margin_loss", "AA_ATTACKS"]
+           "kl_to_targets", "margin_loss", "check_images", "AA_ATTACKS"]
 
 AA_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
 
 
-def _check(x: torch.Tensor, eps: float, alpha: float | None = None, steps: int | None = None) -> None:
+def check_images(x: torch.Tensor, what: str = "images") -> None:
+    """Float images must be finite and lie in [0, 1]: one reduction (and one host read) per call."""
+    if x.numel() == 0:
+        return
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    if math.isnan(lo) or math.isnan(hi) or math.isinf(lo) or math.isinf(hi):
+        n = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{what} contain {n} NaN or infinite value(s); every pixel must be a finite number in [0, 1]")
+    if lo < 0 or hi > 1:
+        hint = " (pixels in [0, 255]? divide by 255)" if hi > 1 and hi <= 255 and lo >= 0 else ""
+        raise ValueError(f"{what} must lie in [0, 1], found values from {lo:.4g} to {hi:.4g}{hint}")
+
+
+def _check(x: torch.Tensor, eps: float, alpha: float | None = None, steps: int | None = None,
+           validate: bool = True) -> None:
     if not torch.is_floating_point(x):
         raise TypeError(f"attack inputs must be float images in [0,1], got dtype {x.dtype}")
+    if validate:
+        check_images(x, "attack inputs")
     if not (0 < eps <= 1):
         raise ValueError(f"eps must lie in (0, 1] (pixels in [0,1]; 8/255 not 8), got {eps}")
     if alpha is not None and not (0 < alpha <= 1):
@@ -81,20 +98,23 @@ def _uniform_start(x: torch.Tensor, eps: float) -> torch.Tensor:
     return (x + _noise(x).uniform_(-eps, eps)).clamp_(0.0, 1.0)
 
 
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, amp_dtype=None) -> torch.Tensor:
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, amp_dtype=None,
+         validate: bool = True) -> torch.Tensor:
     """One signed-gradient step of size eps on the cross-entropy, from x."""
-    _check(x, eps)
+    _check(x, eps, validate=validate)
     with model_mode(model):
         return _run(model, x, lambda z: F.cross_entropy(z, y, reduction="sum"), x, eps, eps, 1, amp_dtype)
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int,
         random_start: bool = True, *, x_init: torch.Tensor | None = None, loss: str = "ce",
-        train_mode: bool = False, amp_dtype=None) -> torch.Tensor:
+        train_mode: bool = False, amp_dtype=None, validate: bool = True) -> torch.Tensor:
     """PGD (Madry et al.) on cross-entropy ('ce') or the CW margin ('margin'); uniform random start.
 
-    x_init: continue from an earlier iterate (then random_start is ignored)."""
-    _check(x, eps, alpha, steps)
+    x_init: continue from an earlier iterate (then random_start is ignored). validate: check once that x
+    is finite and in [0, 1] (one host read; the engine's training attacks skip it, their batches are
+    in range by construction)."""
+    _check(x, eps, alpha, steps, validate)
     if loss == "ce":
         loss_fn = lambda z: F.cross_entropy(z, y, reduction="sum")  # noqa: E731
     elif loss == "margin":
@@ -117,9 +137,9 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def cw_inf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int,
-           random_start: bool = True, *, amp_dtype=None) -> torch.Tensor:
+           random_start: bool = True, *, amp_dtype=None, validate: bool = True) -> torch.Tensor:
     """CW-inf: PGD on the margin loss max_{j != y} z_j - z_y."""
-    return pgd(model, x, y, eps, alpha, steps, random_start, loss="margin", amp_dtype=amp_dtype)
+    return pgd(model, x, y, eps, alpha, steps, random_start, loss="margin", amp_dtype=amp_dtype, validate=validate)
 
 
 def kl_to_targets(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
@@ -129,13 +149,14 @@ def kl_to_targets(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Ten
 
 def pgd_kl(model: nn.Module, x: torch.Tensor, target_probs: torch.Tensor, eps: float, alpha: float,
            steps: int, *, init_std: float = 0.001, x_init: torch.Tensor | None = None,
-           track_labels: torch.Tensor | None = None, train_mode: bool = False, amp_dtype=None):
+           track_labels: torch.Tensor | None = None, train_mode: bool = False, amp_dtype=None,
+           validate: bool = True):
     """Maximise sum KL(target_probs || softmax(model(x_adv))) from a Gaussian start x + init_std*N(0,1)
     (the RSLAD/ABSLD inner maximisation; target_probs are the teacher's soft labels on clean x).
 
     x_init: continue from an earlier iterate instead. track_labels: also return, per sample, the
     first iterate at which the model misclassifies it (as pgd_boundary_steps): (x_adv, steps)."""
-    _check(x, eps, alpha, steps)
+    _check(x, eps, alpha, steps, validate)
     if target_probs.shape[0] != x.shape[0] or target_probs.ndim != 2:
         raise ValueError(f"target_probs must be N x C with N = {x.shape[0]}, got {tuple(target_probs.shape)}")
     target = target_probs.detach().float()
@@ -154,12 +175,12 @@ def pgd_kl(model: nn.Module, x: torch.Tensor, target_probs: torch.Tensor, eps: f
 
 
 def trades_kl(model: nn.Module, x: torch.Tensor, eps: float, alpha: float, steps: int, *,
-              init_std: float = 0.001, amp_dtype=None) -> torch.Tensor:
+              init_std: float = 0.001, amp_dtype=None, validate: bool = True) -> torch.Tensor:
     """TRADES inner maximisation: KL to the model's own clean prediction (computed in eval mode)."""
-    _check(x, eps, alpha, steps)
+    _check(x, eps, alpha, steps, validate)
     with model_mode(model), torch.no_grad():
         p = F.softmax(model(x).float(), dim=1)
-    return pgd_kl(model, x, p, eps, alpha, steps, init_std=init_std, amp_dtype=amp_dtype)
+    return pgd_kl(model, x, p, eps, alpha, steps, init_std=init_std, amp_dtype=amp_dtype, validate=False)
 
 
 def _tracked(model, x, y, loss_fn, x0, eps, alpha, steps, amp_dtype):
@@ -179,13 +200,14 @@ def _tracked(model, x, y, loss_fn, x0, eps, alpha, steps, amp_dtype):
 
 
 def pgd_boundary_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
-                       steps: int, random_start: bool = True, *, amp_dtype=None, return_final: bool = False):
+                       steps: int, random_start: bool = True, *, amp_dtype=None, return_final: bool = False,
+                       validate: bool = True):
     """PGD-CE that also reports, per sample, the first iterate k (0..steps) at which the model
     misclassifies it: 0 = already wrong at the start point, steps+1 = never crossed the boundary.
 
     Returns (x_adv, steps_to_cross) with steps_to_cross an int64 tensor; with return_final=True also
     a boolean mask of the samples misclassified at the final iterate (HAM's hard set)."""
-    _check(x, eps, alpha, steps)
+    _check(x, eps, alpha, steps, validate)
     x0 = _uniform_start(x, eps) if random_start else x.clone()
     with model_mode(model):
         x_adv, first, final_wrong = _tracked(model, x, y, lambda z: F.cross_entropy(z, y, reduction="sum"),
@@ -196,12 +218,12 @@ def pgd_boundary_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                attacks: Sequence[str] | None = None, *, batch_size: int = 250, seed: int = 0,
                n_iter: int | None = None, n_queries: int | None = None,
-               return_labels: bool = False):
+               return_labels: bool = False, validate: bool = True):
     """AutoAttack (pyautoattack) L-inf: standard version when attacks is None, else a chosen subset
     of AA_ATTACKS. n_iter / n_queries shrink APGD/FAB iterations and Square queries for CPU runs.
 
     Returns x_adv (and the predicted labels on x_adv when return_labels=True)."""
-    _check(x, eps)
+    _check(x, eps, validate=validate)
     try:
         from pyautoattack import AutoAttack
     except ImportError as e:  # pragma: no cover - installed by the project's requirements

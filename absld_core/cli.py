@@ -1,13 +1,24 @@
 """Command line: `absld train`, `absld eval`, `absld study`.
 
-    absld train --config presets/train/teacher.yaml --set optim.epochs=5 --set method.eta=0.2
-    absld eval --checkpoint runs/x/fair_best.pt --dataset digits --attacks clean,fgsm,pgd20,cw,aa
+    absld train --config presets/train/teacher.yaml --set optim.epochs=5
+    absld train --config presets/train/absld.yaml --set method.eta=0.2
+    absld eval --checkpoint runs/x --dataset digits --attacks clean,fgsm,pgd20,cw,aa
     absld study --preset smoke
+
+Errors are one line on stderr: exit code 2 for a usage error (a bad parameter, path, config, dataset or
+checkpoint), 1 for a run that failed (a diverged loss, a run directory held by another process).
+--debug shows the traceback as well.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
+from pathlib import Path
+
+
+class UsageError(ValueError):
+    """A command-line value that cannot work; the message says what was wrong and what is allowed."""
 
 
 def _train(args) -> int:
@@ -28,26 +39,59 @@ def _eval(args) -> int:
     import torch
 
     from .data import load_dataset
-    from .evaluate import evaluate, format_table, save_table
-    from .models import model_from_checkpoint
+    from .engine import check_device
+    from .evaluate import evaluate, format_table, parse_attack, save_table
+    from .models import check_fits, model_from_checkpoint
 
+    # everything a user typed is checked before the (long) evaluation starts
+    if args.out and Path(args.out).suffix not in (".json", ".csv"):
+        raise UsageError(f"--out {args.out}: the table is written as .json or .csv; name a file ending in one")
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    if not attacks:
+        raise UsageError("--attacks names no attack; allowed: clean, fgsm, pgdN, cwN, aa, aa:<parts>")
+    for a in attacks:
+        parse_attack(a)
+    for name in ("eps_255", "alpha", "batch_size", "per_class", "aa_iters", "num_classes", "width", "depth"):
+        v = getattr(args, name)
+        if v is not None and not v > 0:
+            raise UsageError(f"--{name.replace('_', '-')} {v}: must be positive")
+    if not args.eps_255 <= 255 or not args.alpha <= 1:
+        raise UsageError(f"--eps-255 {args.eps_255} / --alpha {args.alpha}: eps is in units of 1/255 "
+                         f"(at most 255), alpha in [0, 1] pixel units")
+    device = check_device(args.device)
+    checkpoint = _checkpoint_path(Path(args.checkpoint))
     ds = load_dataset(args.dataset, args.root)
-    model, meta = model_from_checkpoint(args.checkpoint, args.device, defaults={"num_classes": ds.num_classes},
+    model, meta = model_from_checkpoint(checkpoint, device, defaults={"num_classes": ds.num_classes,
+                                                                      "in_channels": ds.image_shape[0]},
                                         arch=args.model, num_classes=args.num_classes, width=args.width,
                                         depth=args.depth)
-    if int(meta["num_classes"]) != ds.num_classes:
-        raise ValueError(f"checkpoint {args.checkpoint} predicts {meta['num_classes']} classes but "
-                         f"{args.dataset} has {ds.num_classes}")
+    check_fits(meta, ds.num_classes, ds.image_shape[0], f"checkpoint {checkpoint} (for {args.dataset})")
     x, y = (ds.test_subset(args.per_class) if args.per_class else (ds.test_x, ds.test_y))
     aa_opts = {"n_iter": args.aa_iters} if args.aa_iters else {}
     df = evaluate(model, x, y, attacks, classes=ds.classes, eps=args.eps_255 / 255, pgd_alpha=args.alpha,
-                  device=torch.device(args.device), batch_size=args.batch_size, aa_opts=aa_opts)
+                  device=device, batch_size=args.batch_size, aa_opts=aa_opts)
     print(format_table(df))
     if args.out:
         save_table(df, args.out)
         print(f"saved {args.out}")
     return 0
+
+
+def _checkpoint_path(path: Path) -> Path:
+    """A checkpoint file, or a run directory: the checkpoint it evaluated (config.json's final_checkpoint,
+    fair_best by default), else its last.pt."""
+    if not path.is_dir():
+        return path
+    import json
+
+    which = "fair_best"
+    if (path / "config.json").is_file():
+        which = json.loads((path / "config.json").read_text()).get("final_checkpoint", which)
+    for cand in (path / f"{which}.pt", path / "last.pt"):
+        if cand.is_file():
+            return cand
+    raise UsageError(f"--checkpoint {path} is a directory without {which}.pt or last.pt; name a checkpoint "
+                     f"file or a run directory of a trained run")
 
 
 def _study(args) -> int:
@@ -59,17 +103,20 @@ def _study(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="absld", description="Adversarial robust fairness: ABSLD, RSLAD, HAM")
     sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
-    t = sub.add_parser("train", help="train one run from a YAML config")
+    t = sub.add_parser("train", help="train one run from a YAML config", parents=[common])
     t.add_argument("--config", required=True, help="YAML/JSON training config")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, e.g. optim.lr=0.05 (repeatable)")
     t.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
-    t.add_argument("--overwrite", action="store_true", help="start again, deleting the run directory")
+    t.add_argument("--overwrite", action="store_true", help="start again, deleting the run's record (only a run "
+                                                            "directory's own files are ever deleted)")
     t.set_defaults(func=_train)
 
-    e = sub.add_parser("eval", help="class-wise accuracy and robustness of a checkpoint")
-    e.add_argument("--checkpoint", required=True)
+    e = sub.add_parser("eval", help="class-wise accuracy and robustness of a checkpoint", parents=[common])
+    e.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run directory (its fair_best.pt)")
     e.add_argument("--dataset", required=True, help="cifar10, cifar100, svhn, imagefolder, digits, synthetic")
     e.add_argument("--root", default=None, help="dataset folder or archive")
     e.add_argument("--attacks", default="clean,fgsm,pgd20,cw30", help="comma list: clean,fgsm,pgdN,cwN,aa,aa:apgd-ce+...")
@@ -86,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="save the table (.json or .csv)")
     e.set_defaults(func=_eval)
 
-    s = sub.add_parser("study", help="run the notebooks of a preset with papermill")
+    s = sub.add_parser("study", help="run the notebooks of a preset with papermill", parents=[common])
     s.add_argument("--preset", default="smoke", help="smoke, cifar10-cpu, paper, or a path to a preset YAML")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset parameter")
     s.add_argument("--force", action="store_true", help="re-run notebooks even when nothing changed")
@@ -99,14 +146,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .config import ConfigError
     from .data import DatasetError
+    from .engine import NonFiniteLossError
     from .models import CheckpointError
-    from .runs import RunExistsError
+    from .runs import RunExistsError, RunLockedError
+    from .study import StudyError
 
+    usage = (ConfigError, DatasetError, CheckpointError, RunExistsError, StudyError, UsageError,
+             FileNotFoundError, ValueError)
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, RunExistsError, FileNotFoundError, ValueError) as e:
+    except (*usage, NonFiniteLossError, RunLockedError) as e:
+        if args.debug:
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(e, usage) else 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -20,10 +22,39 @@ DISTILL_METHODS = ("rslad", "absld", "absld_ham")
 SCHEDULES = ("adaptive", "fixed", "table", "function")
 LR_SCHEDULES = ("paper300", "ham", "milestones", "constant")
 PRECISIONS = ("fp32", "bf16")
+SELECTIONS = ("validation", "test")
+MAX_LR = 10.0                  # a larger SGD learning rate is a typo, not an experiment
+# fields that cannot change a run's results: a resume may differ in these, and reuse ignores them
+VOLATILE_FIELDS = ("resume", "overwrite", "progress", "stop_after", "name", "out_dir", "resolved")
 
 
 class ConfigError(ValueError):
     """An invalid configuration value; the message names the field, the value and what is allowed."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as people write numbers: 1e-3 and 5E4 are floats (YAML 1.2), not strings (YAML 1.1)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str, origin: str = "YAML"):
+    """Parse YAML text (a config file, a preset, a --set value); a syntax error names where it is."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{origin} is not valid YAML{at}: {problem}") from None
 
 
 def _err(field_name: str, value: Any, allowed: str) -> ConfigError:
@@ -93,6 +124,14 @@ class ModelConfig:
             raise _err("model.arch", self.arch, f"known models: {', '.join(MODELS)}")
         if self.norm not in ("batch", "none") or (self.norm == "none" and self.arch != "small_cnn"):
             raise _err("model.norm", self.norm, "'batch', or 'none' for small_cnn")
+        if self.width is not None:
+            _positive_int("model.width", self.width)
+        _positive_int("model.depth", self.depth)
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, tuple) or not all(
+                    isinstance(t, (int, float)) and not isinstance(t, bool) for t in v)):
+                raise _err(f"model.{name}", v, "a list of numbers, one per input channel, or null")
 
 
 @dataclass(frozen=True)
@@ -145,7 +184,7 @@ class MethodConfig:
     label_smoothing: Any = 0.0               # float, or one value per class (natural, pgd_at, ham)
     adv_weight: float = 5 / 6                # distillation: weight of the adversarial term
     nat_weight: float = 1 / 6
-    kd_scale: float = 1.0                    # 10 on CIFAR-100 (RSLAD) undoes the 1/C of the KD loss
+    kd_scale: float | None = None            # None: 10 for 100 classes (the RSLAD CIFAR-100 release), else 1
     schedule: str = "adaptive"               # ABSLD temperatures: adaptive, fixed, table, function
     eta: float = 0.1
     eta_follows_lr: bool = True              # eta is multiplied by 0.1 whenever the lr is
@@ -172,6 +211,8 @@ class MethodConfig:
             raise _err("method.schedule", self.schedule, f"one of {', '.join(SCHEDULES)}")
         check_temperature_rule(self.eta, self.tau_min, self.tau_max, "method.")
         _in_range("method.beta", self.beta, 0, float("inf"))
+        if self.kd_scale is not None:
+            _in_range("method.kd_scale", self.kd_scale, 0, float("inf"), lo_open=True)
         if self.schedule == "table" and self.tau_table_adv is None and self.tau_table_nat is None:
             raise ConfigError("method.schedule='table' needs method.tau_table_adv and/or method.tau_table_nat "
                               "(one row of class temperatures per epoch)")
@@ -200,16 +241,21 @@ class OptimConfig:
     def __post_init__(self):
         _positive_int("optim.epochs", self.epochs)
         _positive_int("optim.batch_size", self.batch_size)
-        _in_range("optim.lr", self.lr, 0, float("inf"), lo_open=True)
-        _in_range("optim.momentum", self.momentum, 0, 1)
-        _in_range("optim.weight_decay", self.weight_decay, 0, float("inf"))
+        _in_range("optim.lr", self.lr, 0, MAX_LR, lo_open=True)
+        _in_range("optim.momentum", self.momentum, 0, 1, hi_open=True)
+        _in_range("optim.weight_decay", self.weight_decay, 0, 1, hi_open=True)
+        _in_range("optim.gamma", self.gamma, 0, 1, lo_open=True)
         if self.schedule not in LR_SCHEDULES:
             raise _err("optim.schedule", self.schedule, f"one of {', '.join(LR_SCHEDULES)}")
         for m in self.milestones:
-            if not isinstance(m, int) or not (1 <= m < self.epochs):
+            if isinstance(m, bool) or not isinstance(m, int) or not (1 <= m < self.epochs):
                 raise ConfigError(f"optim.milestones={list(self.milestones)} is invalid: milestone {m!r} must be "
                                   f"an integer in [1, {self.epochs - 1}] (before the last epoch)")
+        if list(self.milestones) != sorted(set(self.milestones)):
+            raise _err("optim.milestones", list(self.milestones), "increasing epochs without repeats")
         _positive_int("optim.warmup_epochs", self.warmup_epochs, 0)
+        if self.warmup_epochs >= self.epochs:
+            raise _err("optim.warmup_epochs", self.warmup_epochs, f"fewer than optim.epochs={self.epochs}")
 
 
 @dataclass(frozen=True)
@@ -221,7 +267,11 @@ class TrainConfig:
     precision: str = "fp32"        # fp32, or bf16 autocast for the training passes
     channels_last: bool = False
     compile: bool = False
-    eval_every: int = 1            # class-wise validation evaluation every N epochs (and at the end)
+    eval_every: int = 1            # class-wise validation evaluation every N epochs (and at the end) ...
+    eval_every_epoch_after_decay: bool = True   # ... and every epoch from the first lr decay on (the releases)
+    selection: str = "validation"  # checkpoints selected on the validation split; 'test': on the test set
+                                   # (the releases' protocol; every table of such a run says so)
+    max_loss: float = 1e4          # a training loss above this (or NaN/inf) stops the run as diverged
     final_checkpoint: str = "fair_best"   # evaluated on the test set: last, best or fair_best
     resume: bool = False
     overwrite: bool = False
@@ -241,6 +291,13 @@ class TrainConfig:
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise _err("device", self.device, "'cpu', 'cuda' or 'cuda:N'")
         _positive_int("eval_every", self.eval_every)
+        if self.selection not in SELECTIONS:
+            raise _err("selection", self.selection, "'validation' (held-out split, the default) or 'test' "
+                                                    "(the releases' protocol)")
+        if self.selection == "validation" and self.data.val_per_class == 0:
+            raise ConfigError("selection='validation' needs a validation split: set data.val_per_class > 0, "
+                              "or selection='test' to select on the test set as the releases do")
+        _in_range("max_loss", self.max_loss, 0, float("inf"), lo_open=True)
         if self.stop_after is not None:
             _positive_int("stop_after", self.stop_after)
         if self.final_checkpoint not in ("last", "best", "fair_best"):
@@ -257,6 +314,13 @@ class TrainConfig:
             return d
         if not isinstance(d, dict):
             raise ConfigError(f"a training config must be a dict or TrainConfig, got {type(d).__name__}")
+        # a run's config.json records what the run resolved (classes, sizes, versions): not an input
+        d = {k: v for k, v in d.items() if k != "resolved"}
+        fn = (d.get("method") or {}).get("tau_function") if isinstance(d.get("method"), dict) else None
+        if isinstance(fn, str) and fn.startswith("<function"):
+            raise ConfigError(f"method.tau_function={fn!r} is the name of a Python function recorded by an "
+                              f"earlier run; a YAML/JSON config cannot hold a function: pass the callable "
+                              f"through the Python API (train(cfg) with method.tau_function=f)")
         return _build(cls, d, "")
 
     def to_dict(self, keep_callables: bool = False) -> dict:
@@ -294,7 +358,10 @@ def _build(cls, d: dict, prefix: str):
     for k, v in d.items():
         if k in _NESTED and isinstance(v, dict):
             v = _build(_NESTED[k], v, f"{prefix}{k}.")
-        elif isinstance(v, list):
+        elif isinstance(v, str) and str(known[k].type).startswith("tuple"):
+            # a comma list as people type it on a command line: clean,pgd5 or 215,260,285
+            v = tuple(yaml_load(t.strip(), f"{prefix}{k}") for t in v.split(",") if t.strip())
+        if isinstance(v, list):
             v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
         kw[k] = v
     try:
@@ -305,8 +372,8 @@ def _build(cls, d: dict, prefix: str):
 
 def _parse_value(text: str):
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return yaml_load(text)
+    except ConfigError:
         return text
 
 
@@ -345,7 +412,32 @@ def load_config(path: str | Path | dict, overrides=None) -> TrainConfig:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml_load(p.read_text(), f"config file {p}") or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {p} must hold a mapping of fields, got {type(raw).__name__}")
     return TrainConfig.from_dict(apply_overrides(raw, overrides))
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the fields that differ between two config dicts (the top-level VOLATILE_FIELDS
+    ignored)."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if not prefix and k in VOLATILE_FIELDS:
+            continue
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(prefix + k)
+    return out
+
+
+def normalised(saved: dict) -> dict:
+    """A saved config.json read through the current dataclasses, as plain JSON values, so that fields
+    added to the package since (at their defaults) do not count as changes."""
+    raw = {k: v for k, v in saved.items() if k != "resolved"}
+    try:
+        return json.loads(json.dumps(TrainConfig.from_dict(raw).to_dict()))
+    except (ConfigError, TypeError, ValueError):
+        return raw

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import shutil
+import json
+import math
 import time
 from pathlib import Path
 
@@ -19,21 +20,43 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .config import TrainConfig
+from .attacks import model_mode
+from .config import ConfigError, TrainConfig, config_changes, normalised
 from .data import BatchIterator, Dataset, load_dataset
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, init_from_env
 from .evaluate import evaluate, save_table
 from .methods import Distill, Method, StepContext, build_method
-from .models import build_model, load_checkpoint, load_state_dict, model_from_checkpoint, save_checkpoint
+from .models import (build_model, check_fits, load_checkpoint, load_state_dict, model_from_checkpoint,
+                     save_checkpoint)
 from .models.checkpoint import atomic_torch_save
-from .runs import RunDir, RunExistsError, write_json_atomic
-from .schedule import lr_at, lr_factor
+from .runs import RunDir, RunExistsError, RunLockedError, write_json_atomic
+from .schedule import lr_at, lr_factor, milestone_epochs
 
-__all__ = ["train", "NonFiniteLossError", "RunExistsError", "prepare_data", "load_teacher", "MultiView"]
+__all__ = ["train", "NonFiniteLossError", "RunExistsError", "RunLockedError", "prepare_data", "load_teacher",
+           "MultiView", "check_device"]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the run directory keeps the last good checkpoint."""
+    """The loss became NaN or infinite, or grew past `max_loss`; the run directory keeps the last good
+    checkpoint."""
+
+
+def check_device(name: str) -> torch.device:
+    """The torch device for `name`, refused with a message when this machine does not have it."""
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise ConfigError(f"device={name!r} is invalid: 'cpu', 'cuda' or 'cuda:N'")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            why = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"device={name!r} but this machine has no CUDA device ({why}); use device=cpu")
+        try:
+            dev = torch.device(name)
+        except RuntimeError as e:
+            raise ConfigError(f"device={name!r} is invalid ({e})") from None
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return dev
+    return torch.device("cpu")
 
 
 class MultiView(nn.Module):
@@ -78,7 +101,7 @@ def build_student(cfg: TrainConfig, ds: Dataset) -> nn.Module:
     return build_model(m.arch, ds.num_classes, ds.image_shape[0], **kw)
 
 
-def load_teacher(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
+def load_teacher(cfg: TrainConfig, num_classes: int, device: torch.device, in_channels: int) -> nn.Module:
     """The frozen teacher from a checkpoint file or a run directory (its fair_best, best or last)."""
     t = cfg.method.teacher
     path = Path(t.checkpoint)
@@ -91,10 +114,9 @@ def load_teacher(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn
         path = found[0]
     elif not path.is_file():
         raise FileNotFoundError(f"method.teacher.checkpoint={str(path)!r} does not exist")
-    teacher, meta = model_from_checkpoint(path, device, defaults={"num_classes": num_classes},
+    teacher, meta = model_from_checkpoint(path, device, defaults={"num_classes": num_classes, "in_channels": in_channels},
                                           arch=t.arch, width=t.width, depth=t.depth)
-    if int(meta["num_classes"]) != num_classes:
-        raise ValueError(f"teacher {path} predicts {meta['num_classes']} classes but the data has {num_classes}")
+    check_fits(meta, num_classes, in_channels, f"teacher {path}")
     teacher.eval().requires_grad_(False)
     return teacher
 
@@ -139,30 +161,68 @@ def _restore_rng(ck: dict, info: DistInfo, device: torch.device, seed: int) -> N
         torch.manual_seed(seed + info.rank + 1_000_003 * int(ck["epoch"]))
 
 
+def _refuse_foreign(run: RunDir) -> None:
+    """Never train into (and never delete) a directory that holds anything but this project's run files."""
+    foreign = run.foreign_entries()
+    if foreign:
+        raise RunExistsError(f"{run.path} is not a run directory of this project: it holds "
+                             f"{', '.join(foreign[:8])}{' ...' if len(foreign) > 8 else ''}; nothing was changed "
+                             f"there. Choose another name or out_dir")
+
+
 def _prepare_run_dir(cfg: TrainConfig, run: RunDir, info: DistInfo) -> bool:
-    """Returns True when the run should resume from last.pt; raises when the directory is taken."""
+    """Returns True when the run should resume from last.pt; raises when the directory is taken.
+    A fresh start in a directory of an unfinished attempt clears that attempt's record first."""
     if not run.exists():
         return False
     if cfg.overwrite:
         if info.is_main:
-            shutil.rmtree(run.path)
+            run.clear()
         barrier(info)
         return False
     if cfg.resume:
-        return run.last.is_file()
+        if run.last.is_file():
+            _refuse_changed_config(cfg, run)
+            return True
+        if info.is_main:  # killed before its first checkpoint: nothing to resume, start again cleanly
+            run.clear()
+        barrier(info)
+        return False
     what = "a finished run" if run.finished() else "an unfinished run"
     raise RunExistsError(f"{run.path} already holds {what}; pass resume=True to continue it (or use it as it is) "
                          f"or overwrite=True to start again")
+
+
+def _refuse_changed_config(cfg: TrainConfig, run: RunDir) -> None:
+    """A resume continues the run that was started: every field that can change its results must agree."""
+    if not run.config.is_file():
+        return
+    changed = config_changes(normalised(json.loads(run.config.read_text())), json.loads(json.dumps(cfg.to_dict())))
+    if changed:
+        raise ConfigError(f"cannot resume {run.path} with another configuration: {', '.join(changed[:10])} "
+                          f"differ from the run's config.json. Resume with the recorded values (absld train "
+                          f"--config {run.config} --resume), or start a new run (another name, or overwrite)")
 
 
 # ---------------------------------------------------------------------------------------- training
 def train(config, *, info: DistInfo | None = None) -> Path:
     """Train one run described by `config` (dict or TrainConfig); returns the run directory."""
     cfg = TrainConfig.from_dict(config)
+    check_device(cfg.device)
     info = info or init_from_env(cfg.device)
     device = torch.device(cfg.device if not (info.enabled and cfg.device.startswith("cuda"))
                           else f"cuda:{info.local_rank}")
     run = RunDir(cfg.run_dir)
+    _refuse_foreign(run)
+    lock = run.lock() if info.is_main else None  # one writer per run directory, for the whole run
+    try:
+        return _train(cfg, run, info, device)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: TrainConfig, run: RunDir, info: DistInfo, device: torch.device) -> Path:
     resume = _prepare_run_dir(cfg, run, info)
     if resume and run.finished():
         return run.path
@@ -178,7 +238,7 @@ def train(config, *, info: DistInfo | None = None) -> Path:
     method: Method = build_method(cfg.method, ds.num_classes, device)
     teacher = None
     if method.needs_teacher:
-        teacher = load_teacher(cfg, ds.num_classes, device).to(memory_format=mf)
+        teacher = load_teacher(cfg, ds.num_classes, device, ds.image_shape[0]).to(memory_format=mf)
     opt = make_optimizer(model, cfg.optim, device)
     loader = BatchIterator(ds.train_x, ds.train_y, cfg.optim.batch_size, shuffle=True, augment=cfg.data.augment,
                            pad=cfg.data.pad, seed=cfg.seed, device=device, memory_format=mf,
@@ -201,12 +261,12 @@ def train(config, *, info: DistInfo | None = None) -> Path:
         _restore_rng(ck, info, device, cfg.seed)
         start, best = int(ck["epoch"]) + 1, dict(ck["best"])
         if info.is_main:
-            run.truncate_history(int(ck["epoch"]))
+            run.truncate_history(int(ck["epoch"]), json.loads(ck["record"]) if ck.get("record") else None)
     if info.is_main:
         write_json_atomic(run.config, {**cfg.to_dict(), "resolved": {"num_classes": ds.num_classes,
                                        "classes": ds.classes, "image_shape": list(ds.image_shape),
                                        "train_size": len(ds.train_y), "world_size": info.world_size,
-                                       "torch": torch.__version__}})
+                                       "torch": torch.__version__, "method": method.resolved()}})
         run.set_status("running", epoch=start - 1)
 
     net = torch.compile(model) if cfg.compile else model
@@ -220,14 +280,16 @@ def train(config, *, info: DistInfo | None = None) -> Path:
         for epoch in range(start, cfg.optim.epochs + 1):
             record = _train_epoch(cfg, epoch, model, net, fwd, teacher, method, opt, loader, device, info,
                                   autocast, attack_dtype, ds.num_classes)
-            if info.is_main and (epoch % cfg.eval_every == 0 or epoch == cfg.optim.epochs):
+            if info.is_main and validates(cfg, epoch):
                 record["val"] = _validate(cfg, model, ds, device, run, meta, epoch, best)
             rng = all_gather_objects(_rng_state(device), info)  # every process's stream, for an exact resume
             if info.is_main:
+                # last.pt holds its epoch's history record too: whichever of the two writes a kill
+                # interrupts, a resume makes history.jsonl agree with the checkpoint
                 run.append_history(record)
                 atomic_torch_save({"model": model.state_dict(), "meta": meta, "optimizer": opt.state_dict(),
                                    "method": method.state_dict(), "rng": rng[0], "rng_per_rank": rng,
-                                   "epoch": epoch, "best": best}, run.last)
+                                   "epoch": epoch, "best": best, "record": json.dumps(record)}, run.last)
                 run.set_status("running", epoch=epoch)
             barrier(info)
             if cfg.stop_after is not None and epoch >= cfg.stop_after and epoch < cfg.optim.epochs:
@@ -246,6 +308,15 @@ def train(config, *, info: DistInfo | None = None) -> Path:
     return run.path
 
 
+def validates(cfg: TrainConfig, epoch: int) -> bool:
+    """Validation (and checkpoint selection) after `epoch`: every eval_every epochs, at the end, and,
+    as the releases do, after every epoch from the first lr decay on."""
+    if epoch % cfg.eval_every == 0 or epoch == cfg.optim.epochs:
+        return True
+    decays = milestone_epochs(cfg.optim)
+    return cfg.eval_every_epoch_after_decay and bool(decays) and epoch > decays[0]
+
+
 class EpochTotals:
     """An epoch's sums, kept on the device so that a step never waits for the host: class risks
     (adversarial and clean), class counts, HAM's kept examples and the loss."""
@@ -260,29 +331,32 @@ class EpochTotals:
         return self.risk_adv, self.risk_nat, self.count, self.kept, self.loss_sum, self.n_loss
 
 
-def step_loss(out, x, fwd, info: DistInfo):
-    """The loss to back-propagate; under DDP a batch without one (HAM: no hard example) still joins
-    the gradient all-reduce with a zero loss."""
-    if out.loss is None and info.enabled:
-        (z,) = fwd(x[:1])
+def zero_loss_fn(raw: nn.Module, fwd):
+    """For a process with nothing to learn from its share of a batch (HAM under DDP): a zero loss through
+    one eval-mode pass, so that it joins the gradient all-reduce without moving BatchNorm statistics."""
+    def zero_loss(x):
+        with model_mode(raw, train=False):
+            (z,) = fwd(x[:1])
         return z.float().sum() * 0.0
-    return out.loss
+    return zero_loss
 
 
-def apply_step(out, loss, y, opt, totals: EpochTotals) -> None:
-    """Backward, optimiser step and the device-side bookkeeping of one batch (no host reads)."""
+def apply_step(out, y, opt, totals: EpochTotals) -> None:
+    """Backward, optimiser step and the device-side bookkeeping of one batch (no host reads).
+    out.loss None: no process learns from this batch, so no step is taken (as on every process)."""
     totals.count.index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
     if out.kept is not None:
         totals.kept += out.kept.sum()
         totals.has_kept = True
+    loss = out.loss
     if loss is None:
         return
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    if out.loss is not None:
-        totals.loss_sum += loss.detach().double() * len(y)
-        totals.n_loss += len(y)
+    n = len(out.risk_y) if out.risk_y is not None else len(y)  # the samples the loss is a mean over
+    totals.loss_sum += loss.detach().double() * (out.loss_scale if out.loss_scale is not None else n)
+    totals.n_loss += n
     if out.ce_adv is not None:
         totals.risk_adv.index_add_(0, out.risk_y, out.ce_adv.double())
         totals.has_adv = True
@@ -302,7 +376,8 @@ def _train_epoch(cfg, epoch, model, net, fwd, teacher, method, opt, loader, devi
     check_every = 1 if device.type == "cpu" else 25
     ctx = StepContext(raw=net, forward=fwd, eps=cfg.attack.eps, alpha=cfg.attack.alpha, steps=cfg.attack.steps,
                       epoch=epoch, num_classes=C, teacher=teacher, autocast=autocast, attack_dtype=attack_dtype,
-                      kl_init_std=cfg.attack.kl_init_std)
+                      kl_init_std=cfg.attack.kl_init_std, world_size=info.world_size,
+                      sum_all=_sum_all(info, device), zero_loss=zero_loss_fn(net, fwd))
     bar = tqdm(total=nb, desc=f"{cfg.name} {epoch}/{cfg.optim.epochs}", disable=not (cfg.progress and info.is_main),
                leave=False)
     t0, seen = time.perf_counter(), 0
@@ -312,16 +387,14 @@ def _train_epoch(cfg, epoch, model, net, fwd, teacher, method, opt, loader, devi
         for g in opt.param_groups:
             g["lr"] = lr
         out = method.step(x, y, ctx)
-        loss = step_loss(out, x, fwd, info)
         seen += len(y)
-        if loss is not None and (b % check_every == 0 or b == nb - 1):
-            if not torch.isfinite(loss).item():
-                raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {b + 1} of {nb}; "
-                                         f"the run keeps its last good checkpoint (epoch {epoch - 1}); lower "
-                                         f"optim.lr or check the inputs, then resume")
-        apply_step(out, loss, y, opt, totals)
-        if loss is not None and cfg.progress and info.is_main and (b % 10 == 0 or b == nb - 1):
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        value = None
+        if out.loss is not None and (b % check_every == 0 or b == nb - 1):
+            value = out.loss.item()  # the one host read: the divergence check and the progress bar share it
+            _check_loss(value, cfg, epoch, b, nb)
+        apply_step(out, y, opt, totals)
+        if value is not None and cfg.progress and info.is_main and (b % max(10, check_every) == 0 or b == nb - 1):
+            bar.set_postfix(loss=f"{value:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         bar.update(1)
     bar.close()
     if device.type == "cuda":
@@ -350,11 +423,34 @@ def _train_epoch(cfg, epoch, model, net, fwd, teacher, method, opt, loader, devi
     return record
 
 
+def _sum_all(info: DistInfo, device: torch.device):
+    """A Python number summed over the processes (one all-reduce and one host read under DDP)."""
+    if not info.enabled:
+        return lambda v: v
+
+    def total(v):
+        t = torch.tensor(float(v), dtype=torch.float64, device=device)
+        return all_reduce_sum(t, info).item()
+    return total
+
+
+def _check_loss(value: float, cfg: TrainConfig, epoch: int, b: int, nb: int) -> None:
+    if math.isfinite(value) and abs(value) <= cfg.max_loss:
+        return
+    what = "non-finite loss" if not math.isfinite(value) else f"diverging loss (above max_loss={cfg.max_loss:g})"
+    kept = (f"the run keeps its last good checkpoint (epoch {epoch - 1}); lower optim.lr or check the inputs, "
+            f"then resume" if epoch > 1 else "no checkpoint was written yet (it failed in epoch 1); lower optim.lr "
+                                             "or check the inputs, then start again")
+    raise NonFiniteLossError(f"{what} ({value:.4g}) at epoch {epoch}, batch {b + 1} of {nb}; {kept}")
+
+
 def _validate(cfg, model, ds, device, run, meta, epoch, best) -> dict:
-    """Class-wise evaluation on the validation split; keeps best.pt and fair_best.pt."""
-    if ds.val_x is None:
+    """Class-wise evaluation on the validation split (selection='test': on the test set, as the releases
+    do); keeps best.pt and fair_best.pt."""
+    x, y = (ds.test_x, ds.test_y) if cfg.selection == "test" else (ds.val_x, ds.val_y)
+    if x is None:
         return {}
-    df = evaluate(model, ds.val_x, ds.val_y, cfg.attack.val_attacks, classes=ds.classes, eps=cfg.attack.eps,
+    df = evaluate(model, x, y, cfg.attack.val_attacks, classes=ds.classes, eps=cfg.attack.eps,
                   pgd_alpha=cfg.attack.eval_alpha, device=device, progress=False)
     robust = [a for a in df.index if a != "clean"]
     key = robust[-1] if robust else "clean"
@@ -364,7 +460,7 @@ def _validate(cfg, model, ds, device, run, meta, epoch, best) -> dict:
         if score > best[which]:
             best[which] = score
             save_checkpoint(run.checkpoint(which), model, meta={**meta, "epoch": epoch, "selected_by": key,
-                                                                "score": score})
+                                                                "selected_on": cfg.selection, "score": score})
     return {a: {"avg": float(df.loc[a, "avg"]), "worst": float(df.loc[a, "worst"]),
                 "worst_class": str(df.loc[a, "worst_class"]), "nsd": float(df.loc[a, "nsd"]),
                 "class_acc": [float(df.loc[a, c]) for c in ds.classes]} for a in df.index}
@@ -380,7 +476,7 @@ def _final_eval(cfg, ds, device, run, meta) -> None:
                   pgd_alpha=cfg.attack.eval_alpha, device=device, progress=cfg.progress,
                   aa_opts={"n_iter": cfg.attack.aa_iters} if cfg.attack.aa_iters else None)
     df.attrs.update({"checkpoint": path.name, "checkpoint_epoch": ck_epoch, "run": cfg.name,
-                     "method": cfg.method.name, "test_size": len(ds.test_y)})
+                     "method": cfg.method.name, "test_size": len(ds.test_y), "selection": cfg.selection})
     save_table(df, run.metrics)
     save_table(df, run.path / "metrics.csv")
     run.set_status("finished", epoch=cfg.optim.epochs)

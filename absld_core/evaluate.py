@@ -93,12 +93,12 @@ def _attack_batch(model, spec: AttackSpec, x, y, eps, pgd_alpha, cw_alpha, aa_op
     if spec.kind == "clean":
         return x
     if spec.kind == "fgsm":
-        return A.fgsm(model, x, y, eps, amp_dtype=amp_dtype)
+        return A.fgsm(model, x, y, eps, amp_dtype=amp_dtype, validate=False)
     if spec.kind == "pgd":
-        return A.pgd(model, x, y, eps, pgd_alpha, spec.steps, amp_dtype=amp_dtype)
+        return A.pgd(model, x, y, eps, pgd_alpha, spec.steps, amp_dtype=amp_dtype, validate=False)
     if spec.kind == "cw":
-        return A.cw_inf(model, x, y, eps, cw_alpha, spec.steps, amp_dtype=amp_dtype)
-    return A.autoattack(model, x, y, eps, spec.aa_attacks, **aa_opts)
+        return A.cw_inf(model, x, y, eps, cw_alpha, spec.steps, amp_dtype=amp_dtype, validate=False)
+    return A.autoattack(model, x, y, eps, spec.aa_attacks, validate=False, **aa_opts)
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -121,10 +121,18 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
-    num_classes = len(classes) if classes is not None else int(y.max()) + 1
-    classes = list(classes) if classes is not None else [str(c) for c in range(num_classes)]
+    if x.dtype != torch.uint8:
+        A.check_images(x, "evaluation images")  # once, over the whole set: finite and in [0, 1]
+    if classes is None:  # the class list is what the model predicts, never what the labels happen to hold
+        with torch.no_grad(), model_mode(model):
+            x0 = x[:1].to(device)
+            num_classes = int(model(x0.float().div_(255.0) if x0.dtype == torch.uint8 else x0.float()).shape[1])
+        classes = [str(c) for c in range(num_classes)]
+    num_classes = len(classes)
+    classes = list(classes)
     if int(y.max()) >= num_classes or int(y.min()) < 0:
-        raise ValueError(f"labels must lie in [0, {num_classes - 1}] for {num_classes} classes")
+        raise ValueError(f"labels must lie in [0, {num_classes - 1}] for {num_classes} classes; found labels from "
+                         f"{int(y.min())} to {int(y.max())}")
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         if seed is not None:
             torch.manual_seed(seed)

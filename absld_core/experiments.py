@@ -16,46 +16,17 @@ STUDENT_METHODS = ("pgd_at", "trades", "rslad", "absld", "ham", "absld_ham")
 DISTILL = ("rslad", "absld", "absld_ham")
 
 
-_VOLATILE = ("resume", "overwrite", "progress", "stop_after", "resolved")
-
-
-def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted names of the fields that differ between two config dicts (volatile fields ignored)."""
-    out = []
-    for k in sorted(set(old) | set(new)):
-        if k in _VOLATILE:
-            continue
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_changes(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(prefix + k)
-    return out
-
-
-def _normalised(saved: dict) -> dict:
-    """A saved config read through the current dataclasses, so that fields added to the package since
-    (at their defaults) do not count as changes."""
-    from .config import ConfigError, TrainConfig
-
-    raw = {k: v for k, v in saved.items() if k != "resolved"}
-    try:
-        return json.loads(json.dumps(TrainConfig.from_dict(raw).to_dict()))
-    except (ConfigError, TypeError, ValueError):
-        return raw
-
-
 def run_or_resume(cfg: dict, log=print) -> Path:
     """Train a run: reuse a finished run with the same config, continue an unfinished one, and train
     again (saying why) when the config changed."""
-    from .config import TrainConfig
+    from .config import TrainConfig, config_changes, normalised
     from .engine import train
 
     run = RunDir(Path(cfg.get("out_dir", "runs")) / cfg["name"])
     if not run.config.is_file():
         return train({**cfg, "resume": False, "overwrite": run.exists()})
     new = json.loads(json.dumps(TrainConfig.from_dict({**cfg, "resume": False, "overwrite": False}).to_dict()))
-    changed = config_changes(_normalised(json.loads(run.config.read_text())), new)
+    changed = config_changes(normalised(json.loads(run.config.read_text())), new)
     if changed:
         log(f"{run.path}: configuration changed ({', '.join(changed[:6])}); training again")
         return train({**cfg, "resume": False, "overwrite": True})
@@ -83,6 +54,11 @@ def train_students(base: dict, teacher_dir: str | Path, methods: Iterable[str] =
     return {m: run_or_resume(c) for m, c in student_configs(base, teacher_dir, methods, method_options).items()}
 
 
+def row_label(label: str, metrics: pd.DataFrame) -> str:
+    """A table row's name; a run whose checkpoint was selected on the test set says so."""
+    return f"{label} (test-selected)" if metrics.attrs.get("selection") == "test" else label
+
+
 def summary_table(runs: dict[str, str | Path], attacks: Sequence[str] | None = None) -> pd.DataFrame:
     """Avg / Worst / NSD per method and attack from the runs' metrics.json (rows: methods)."""
     rows = {}
@@ -91,6 +67,7 @@ def summary_table(runs: dict[str, str | Path], attacks: Sequence[str] | None = N
         df = rec["metrics"]
         if df is None:
             continue
+        label = row_label(label, df)
         hist = rec["history"]
         row = {}
         for a in (attacks or df.index):
@@ -117,7 +94,7 @@ def class_table(runs: dict[str, str | Path], attack: str = "pgd20") -> pd.DataFr
         df = load_run(path)["metrics"]
         if df is not None and attack in df.index:
             classes = df.attrs.get("classes") or [c for c in df.columns if c not in SUMMARY_COLUMNS]
-            rows[label] = {c: float(df.loc[attack, c]) for c in classes}
+            rows[row_label(label, df)] = {c: float(df.loc[attack, c]) for c in classes}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 

@@ -8,15 +8,30 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: runs are not locked
+    fcntl = None
+
+# what a run directory holds; nothing else is ever deleted by overwrite
+RUN_FILES = ("config.json", "history.jsonl", "status.json", "last.pt", "best.pt", "fair_best.pt",
+             "metrics.json", "metrics.csv", "run.lock")
+_TEMP = re.compile(r"^(" + "|".join(re.escape(f) for f in RUN_FILES) + r").*\.tmp$")
+
 
 class RunExistsError(FileExistsError):
-    """The run directory already holds a run and neither resume nor overwrite was asked for."""
+    """The run directory already holds a run (or other files) and neither resume nor overwrite applies."""
+
+
+class RunLockedError(RuntimeError):
+    """Another process is writing this run directory."""
 
 
 def _clean(v: Any):
@@ -68,7 +83,29 @@ class RunDir:
         return self.path / f"{which}.pt"
 
     def exists(self) -> bool:
-        return self.path.is_dir() and any(self.path.iterdir())
+        """True when the directory holds anything besides its lock file."""
+        return self.path.is_dir() and any(p.name != "run.lock" for p in self.path.iterdir())
+
+    def foreign_entries(self) -> list[str]:
+        """Names in the directory that this project's runs do not write (the user's own files)."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name + ("/" if p.is_dir() else "") for p in self.path.iterdir()
+                      if not (p.is_file() and (p.name in RUN_FILES or _TEMP.match(p.name))))
+
+    def clear(self) -> None:
+        """Delete the run's record (never the lock, never anything else); refuses a foreign directory."""
+        foreign = self.foreign_entries()
+        if foreign:
+            raise RunExistsError(f"{self.path} is not only a run directory: it also holds {', '.join(foreign[:8])}"
+                                 f"{' ...' if len(foreign) > 8 else ''}; refusing to delete anything there")
+        for p in self.path.iterdir():
+            if p.name != "run.lock":
+                p.unlink()
+
+    def lock(self) -> "RunLock":
+        """Hold the directory for one writer until the returned lock is released (or the process dies)."""
+        return RunLock(self.path / "run.lock")
 
     def status(self) -> dict:
         if not self.status_file.is_file():
@@ -90,10 +127,48 @@ class RunDir:
         before = self.history_file.read_text() if self.history_file.is_file() else ""
         write_text_atomic(self.history_file, before + json.dumps(_clean(record)) + "\n")
 
-    def truncate_history(self, last_epoch: int) -> None:
-        """Drop records past the checkpointed epoch (a kill between history and checkpoint writes)."""
+    def truncate_history(self, last_epoch: int, last_record: dict | None = None) -> None:
+        """Make the history agree with the checkpoint of `last_epoch`: drop records past it (a kill between
+        the history and the checkpoint writes) and put back its own record when that line is missing."""
         keep = [r for r in self.history() if r["epoch"] <= last_epoch]
-        write_text_atomic(self.history_file, "".join(json.dumps(r) + "\n" for r in keep))
+        if last_record is not None and not any(r["epoch"] == last_epoch for r in keep):
+            keep.append(last_record)
+        write_text_atomic(self.history_file, "".join(json.dumps(_clean(r)) + "\n" for r in keep))
+
+
+class RunLock:
+    """An exclusive flock on <run>/run.lock, holding the writer's pid; released when the process ends."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a+")
+        if fcntl is None:
+            return
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._f.seek(0)
+            holder = self._f.read().strip() or "unknown"
+            self._f.close()
+            raise RunLockedError(f"{self.path.parent} is being written by another process (pid {holder}); "
+                                 f"wait for it to finish or stop it, or give this run another name") from None
+        self._f.seek(0)
+        self._f.truncate()
+        self._f.write(f"{os.getpid()}\n")
+        self._f.flush()
+
+    def release(self) -> None:
+        if not self._f.closed:
+            if fcntl is not None:
+                fcntl.flock(self._f, fcntl.LOCK_UN)
+            self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 def load_run(path: str | os.PathLike) -> dict:

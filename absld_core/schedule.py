@@ -8,7 +8,8 @@ def lr_factor(cfg: OptimConfig, epoch: int) -> float:
     """Multiplier of the base lr during 1-based `epoch`, warm-up excluded.
 
     paper300: x0.1 after 215, 260 and 285 of 300 epochs (scaled to cfg.epochs);
-    ham: /10 after 50%, /100 after 75%, /200 after 91.7% of training; milestones: gamma after each."""
+    ham: /10, /100, /200 from the epochs int(0.5 n), int(0.75 n), int(0.917 n) on (at least epoch 2), as
+    the HAM release: 60, 90 and 110 of 120; milestones: gamma after each."""
     e, n = epoch, cfg.epochs
     if cfg.schedule == "constant":
         return 1.0
@@ -17,7 +18,7 @@ def lr_factor(cfg: OptimConfig, epoch: int) -> float:
     if cfg.schedule == "ham":
         f = 1.0
         for frac, div in ((0.5, 10), (0.75, 100), (0.917, 200)):
-            if e > frac * n:
+            if e >= max(2, int(frac * n)):
                 f = 1.0 / div
         return f
     return cfg.gamma ** sum(e > m for m in cfg.milestones)

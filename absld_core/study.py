@@ -7,18 +7,21 @@ A preset (presets/<name>.yaml) holds `parameters` shared by every notebook (each
 parameters are refused before anything runs. A notebook is skipped when its source, its parameters,
 the package code and everything upstream are unchanged since its last successful run; otherwise
 the runner says why it reruns. A failing notebook stops the batch with its failing cell's error and
-keeps every finished output.
+keeps every finished output. Executed notebooks are written to a temporary copy and moved into place
+only when they finish, and the state records a notebook as running until then, so a study that is
+killed never leaves an unfinished copy that a later run would take as done. Kernels talk to the
+runner over local IPC sockets, not TCP.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-import yaml
-
+from .config import yaml_load
 from .runs import write_json_atomic, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +39,7 @@ PARAM_NAMES = ("preset", "run_root", "figure_dir", "dataset", "data_root", "trai
                "test_per_class", "augment", "pad", "arch", "width", "teacher_arch", "teacher_width", "epochs",
                "teacher_epochs", "teacher_method", "teacher_checkpoint", "batch_size", "lr", "lr_schedule",
                "eps_255", "alpha_255", "steps", "eval_alpha", "test_attacks", "val_attacks", "device", "seed",
-               "eval_every", "precision", "aa_iters")
+               "eval_every", "precision", "aa_iters", "selection")
 
 
 def base_config(p: dict, name: str, method: dict, **over) -> dict:
@@ -48,6 +51,7 @@ def base_config(p: dict, name: str, method: dict, **over) -> dict:
     cfg = {
         "name": name, "out_dir": p["run_root"], "seed": int(p.get("seed", 0)), "device": p.get("device", "cpu"),
         "precision": p.get("precision", "fp32"), "eval_every": int(p.get("eval_every", 1)), "progress": True,
+        "selection": p.get("selection", "validation"),
         "data": {"dataset": p["dataset"], "root": p.get("data_root"), "train_per_class": p.get("train_per_class"),
                  "val_per_class": int(p.get("val_per_class", 20)), "test_per_class": p.get("test_per_class"),
                  "augment": bool(p.get("augment", True)), "pad": int(p.get("pad", 4))},
@@ -83,7 +87,7 @@ def preset_path(preset: str) -> Path:
 
 def load_preset(preset: str, overrides: list[str] | None = None) -> dict:
     path = preset_path(preset)
-    spec = yaml.safe_load(path.read_text()) or {}
+    spec = yaml_load(path.read_text(), f"preset {path}") or {}
     unknown = set(spec) - {"description", "parameters", "per_notebook", "notebooks"}
     if unknown:
         raise StudyError(f"preset {path.name}: unknown section(s) {sorted(unknown)}; allowed: description, "
@@ -97,9 +101,9 @@ def load_preset(preset: str, overrides: list[str] | None = None) -> dict:
         k, v = item.split("=", 1)
         if "." in k:
             nb, k = k.split(".", 1)
-            spec["per_notebook"].setdefault(nb, {})[k] = yaml.safe_load(v)
+            spec["per_notebook"].setdefault(nb, {})[k] = yaml_load(v, f"override {item!r}")
         else:
-            spec["parameters"][k] = yaml.safe_load(v)
+            spec["parameters"][k] = yaml_load(v, f"override {item!r}")
     bad = [n for n in spec["notebooks"] + list(spec["per_notebook"]) if n not in NOTEBOOKS]
     if bad:
         raise StudyError(f"preset {path.name}: unknown notebook(s) {bad}; known: {', '.join(NOTEBOOKS)}")
@@ -180,6 +184,8 @@ def _fingerprint(nb_path: Path, params: dict, package: str, upstream: str) -> di
 
 def rerun_reason(old: dict | None, new: dict, output: Path) -> str | None:
     if not old or old.get("status") != "ok":
+        if old and old.get("status") == "running":
+            return "the earlier run did not finish (stopped or killed)"
         return "no successful earlier run" if not old else f"the earlier run {old.get('status')}"
     if not output.is_file():
         return "its executed copy is missing"
@@ -225,15 +231,21 @@ def run_study(preset: str = "smoke", overrides: list[str] | None = None, force: 
             continue
         log(f"  {nb}: running ({reason})")
         t0 = time.time()
+        state[nb] = {"status": "running", "fingerprint": fp, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_json_atomic(state_file, state)  # until it finishes, a later run reruns this notebook
+        partial = dst.with_name(f"{nb}.running.ipynb")
         try:
-            pm.execute_notebook(str(src), str(dst), parameters=per_nb[nb], kernel_name=KERNEL, cwd=str(out_root),
-                                progress_bar=False, log_output=False, request_save_on_cell_execute=True)
+            pm.execute_notebook(str(src), str(partial), parameters=per_nb[nb], kernel_name=KERNEL, cwd=str(out_root),
+                                progress_bar=False, log_output=False, request_save_on_cell_execute=True,
+                                **_kernel_options())
         except pm.PapermillExecutionError as e:
+            os.replace(partial, dst)
             state[nb] = {"status": "failed", "fingerprint": fp, "error": f"{e.ename}: {e.evalue}"}
             write_json_atomic(state_file, state)
             log(f"  {nb}: FAILED in cell {e.exec_count}: {e.ename}: {e.evalue}")
             log(f"  the executed copy with the error is {dst}; finished notebooks and runs are kept")
             return 1
+        os.replace(partial, dst)  # the executed copy appears whole, and only when the notebook finished
         state[nb] = {"status": "ok", "fingerprint": fp, "seconds": round(time.time() - t0, 1),
                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json_atomic(state_file, state)
@@ -242,6 +254,29 @@ def run_study(preset: str = "smoke", overrides: list[str] | None = None, force: 
     if summary.is_file():
         log(f"\nsummary ({summary}):\n{summary.read_text()}")
     return 0
+
+
+def _kernel_options() -> dict:
+    """Start the study's kernels on local IPC sockets (POSIX): nothing listens on a TCP port, and
+    ipykernel does not print its warning about unencrypted TCP into every notebook's log."""
+    if os.name != "posix":
+        return {}
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _ipc(self):
+            return "ipc"
+
+        @default("ip")
+        def _ipc_path(self):  # sockets beside the kernel's connection file, not in the working directory
+            from jupyter_core.paths import jupyter_runtime_dir
+
+            Path(jupyter_runtime_dir()).mkdir(parents=True, exist_ok=True)
+            return os.path.join(jupyter_runtime_dir(), f"absld-{os.getpid()}-{time.time_ns()}-ipc")
+
+    return {"kernel_manager_class": IPCKernelManager}
 
 
 def write_summary(table, figure_dir: str | Path, title: str, per_class=None, attack: str = "pgd20") -> tuple[Path, Path]:

@@ -39,7 +39,7 @@ class Explorer:
         idx = [int(torch.nonzero(ds.test_y == c)[0]) for c in picks]
         self.images = ds.test_x[idx].float() / 255
         self.labels = ds.test_y[idx]
-        teacher = load_teacher(self.cfg, ds.num_classes, torch.device(device))
+        teacher = load_teacher(self.cfg, ds.num_classes, torch.device(device), ds.image_shape[0])
         with torch.no_grad():
             self.teacher_logits = teacher(self.images.to(device)).cpu()
         m = self.cfg.method

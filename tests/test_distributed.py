@@ -72,7 +72,7 @@ def test_fast_path_matches_plain_fp32_loss(tmp_path):
         mf = torch.channels_last if channels_last else torch.contiguous_format
         torch.manual_seed(0)
         model = build_student(cfg, ds).to(memory_format=mf)
-        t = load_teacher(cfg, ds.num_classes, torch.device("cpu")).to(memory_format=mf)
+        t = load_teacher(cfg, ds.num_classes, torch.device("cpu"), ds.image_shape[0]).to(memory_format=mf)
         method = build_method(cfg.method, ds.num_classes, torch.device("cpu"))
         x = (ds.train_x[:16].float() / 255).contiguous(memory_format=mf)
         y = ds.train_y[:16]

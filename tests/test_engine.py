@@ -152,7 +152,9 @@ def test_lr_schedules():
     assert milestone_epochs(p) == [215, 260, 285]
     assert lr_factor(p, 215) == 1.0 and lr_factor(p, 216) == pytest.approx(0.1) and lr_factor(p, 300) == pytest.approx(1e-3)
     h = TrainConfig.from_dict({"optim": {"epochs": 120, "schedule": "ham"}}).optim
-    assert [lr_factor(h, e) for e in (60, 61, 91, 111)] == [1.0, 0.1, 0.01, 0.005]
+    # the HAM release: the first epochs at /10, /100, /200 are 60, 90 and 110 of 120 (1-based)
+    assert [lr_factor(h, e) for e in (59, 60, 89, 90, 109, 110, 120)] == [1.0, 0.1, 0.1, 0.01, 0.01, 0.005, 0.005]
+    assert milestone_epochs(h) == [59, 89, 109]
     w = TrainConfig.from_dict({"optim": {"epochs": 4, "schedule": "constant", "warmup_epochs": 1}}).optim
     assert lr_at(w, 1, 0, 4) == pytest.approx(0.1 / 4) and lr_at(w, 1, 3, 4) == pytest.approx(0.1)
 
@@ -189,7 +191,7 @@ def test_run_or_resume_reuses_retrains_and_ignores_fields_added_later(tmp_path):
 def test_cli_eval_names_a_class_count_mismatch(tmp_path, capsys):
     run = train(tiny("e", "natural", tmp_path, optim__epochs=1))  # 4 synthetic classes
     assert cli_main(["eval", "--checkpoint", str(run / "last.pt"), "--dataset", "digits", "--attacks", "clean"]) == 2
-    assert "predicts 4 classes but digits has 10" in capsys.readouterr().err
+    assert "(for digits) predicts 4 classes but the data has 10" in capsys.readouterr().err
 
 
 def test_external_teacher_state_dict_takes_its_class_count_from_the_data(tmp_path):

@@ -14,8 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from absld_core.config import TrainConfig
 from absld_core.data import BatchIterator, augment_batch
-from absld_core.distributed import DistInfo
-from absld_core.engine import EpochTotals, MultiView, apply_step, step_loss
+from absld_core.engine import EpochTotals, MultiView, apply_step, zero_loss_fn
 from absld_core.methods import StepContext, build_method
 from absld_core.methods.base import DeviceMirror
 from absld_core.models import build_model
@@ -74,7 +73,7 @@ def _method_and_context(name: str, **method):
     teacher_net = build_model("small_cnn", 10).to(META).eval().requires_grad_(False)
     opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     ctx = StepContext(raw=student, forward=MultiView(student), eps=8 / 255, alpha=2 / 255, steps=3, epoch=1,
-                      num_classes=10, teacher=teacher_net)
+                      num_classes=10, teacher=teacher_net, zero_loss=zero_loss_fn(student, MultiView(student)))
     return build_method(cfg.method, 10, META), ctx, opt
 
 
@@ -82,8 +81,7 @@ def _run_step(method, ctx, opt, totals, x, y) -> list[str]:
     """The engine's per-batch work (method step, loss, backward, optimiser, bookkeeping), spied on."""
     with SyncSpy() as spy:
         out = method.step(x, y, ctx)
-        loss = step_loss(out, x, ctx.forward, DistInfo())
-        apply_step(out, loss, y, opt, totals)
+        apply_step(out, y, opt, totals)
     return spy.events
 
 

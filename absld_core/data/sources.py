@@ -12,6 +12,7 @@ import os
 import pickle
 import tarfile
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +36,38 @@ def _check_official(path: Path, expected_md5: str | None, what: str) -> None:
 
 
 # ---------------------------------------------------------------- CIFAR-10 / CIFAR-100 (python pickles)
+# The only globals the official CIFAR batches (and numpy arrays pickled by numpy 1.x or 2.x) refer to.
+# A pickle may name any callable, which then runs while it loads: everything else is refused.
+_CIFAR_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits dicts, lists, strings, bytes, numbers and numpy arrays with their dtypes; nothing else."""
+
+    def find_class(self, module, name):
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}, which no CIFAR batch holds (a CIFAR "
+                                     f"batch is a dict of numpy arrays, lists and strings); it was not loaded, "
+                                     f"since a pickle can run code")
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+            obj = _CifarUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise DatasetError(f"{path} is corrupted or not a CIFAR python pickle ({e}); "
                            f"delete it and download the official archive again") from e
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{path} holds a {type(obj).__name__}, not a CIFAR batch (a dict)")
+    return obj
 
 
 def _cifar_arrays(batches: list[dict], label_key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -125,13 +151,32 @@ def _iter_folder(root: Path):
 def _iter_tar(path: Path):
     try:
         with tarfile.open(path, "r:*") as tar:
-            members = sorted((m for m in tar.getmembers()
+            all_members = tar.getmembers()
+            _check_tar_end(tar, path)
+            members = sorted((m for m in all_members
                               if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES),
                              key=lambda m: m.name)
             for m in members:
-                yield m.name, tar.extractfile(m).read()
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise DatasetError(f"archive {path} is corrupted or not a tar archive ({e})") from e
+                data = tar.extractfile(m).read()
+                if len(data) != m.size:
+                    raise DatasetError(f"archive {path} is truncated: {m.name} has {len(data)} of its "
+                                       f"{m.size} bytes; copy or download the archive again")
+                yield m.name, data
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise DatasetError(f"archive {path} is corrupted or not a tar archive ({type(e).__name__}: {e}); "
+                           f"copy or download it again") from e
+
+
+def _check_tar_end(tar: tarfile.TarFile, path: Path) -> None:
+    """tarfile stops quietly at a header cut off by truncation, so a short archive would lose its last
+    images without a word. A whole archive has the end-of-archive marker (zero blocks) right after
+    its last member: anything else is a truncated file."""
+    tar.fileobj.seek(tar.offset)
+    tail = tar.fileobj.read(tarfile.BLOCKSIZE)
+    if len(tail) < tarfile.BLOCKSIZE or tail.count(0) != tarfile.BLOCKSIZE:
+        last = tar.members[-1].name if tar.members else "(none)"
+        raise DatasetError(f"archive {path} is truncated or corrupted: it ends without the tar end-of-archive marker after "
+                           f"{len(tar.members)} members (the last one read: {last}); copy or download it again")
 
 
 def _split_parts(rel: str) -> tuple[str, str] | None:

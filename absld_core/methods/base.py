@@ -26,19 +26,25 @@ class StepContext:
     autocast: Callable = contextlib.nullcontext   # context for the training passes (bf16 or nothing)
     attack_dtype: torch.dtype | None = None
     kl_init_std: float = 0.001      # Gaussian start of the KL attacks
+    world_size: int = 1             # processes training together (DDP)
+    sum_all: Callable = lambda v: v  # a Python number summed over those processes (identity for one)
+    zero_loss: Callable | None = None  # zero_loss(x): a zero loss that still reaches every parameter (DDP)
 
 
 @dataclass
 class StepOutput:
-    """loss: the scalar to minimise (None: nothing to learn from this batch).
+    """loss: the scalar to minimise (None: no process learns from this batch; the step is skipped).
     risk_y / ce_adv / ce_nat: labels and per-sample CE of the train-mode student logits, for the
-    class-wise risks; kept: boolean mask of the batch samples trained on (HAM)."""
+    class-wise risks; kept: boolean mask of the batch samples trained on (HAM).
+    loss_scale: the loss is a sum divided by this (default: the number of risk_y labels, else the
+    batch), so that the logged epoch loss is a mean over the samples trained on."""
     loss: torch.Tensor | None
     risk_y: torch.Tensor | None = None
     ce_adv: torch.Tensor | None = None
     ce_nat: torch.Tensor | None = None
     kept: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
+    loss_scale: float | None = None
 
 
 class Method:
@@ -64,6 +70,11 @@ class Method:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+    def resolved(self) -> dict:
+        """Option values this method chose itself (defaults that depend on the data); recorded in the
+        run's config.json under resolved.method."""
+        return {}
 
 
 class DeviceMirror:
@@ -111,5 +122,8 @@ def kd_per_sample(teacher_probs: torch.Tensor, student_logits: torch.Tensor) -> 
     return (b * (torch.log(b + 1e-5) - log_a)).mean(1)
 
 
-def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    return values.mean() if weights is None else (values * weights).mean()
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None, count: float | None = None) -> torch.Tensor:
+    """Mean of values (times weights); with count, their sum divided by count instead (HAM under DDP
+    divides by the hard set of every process)."""
+    v = values if weights is None else values * weights
+    return v.mean() if count is None else v.sum() / count

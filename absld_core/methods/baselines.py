@@ -32,7 +32,7 @@ class PGDAT(Natural):
     """Madry PGD-AT: PGD-CE (uniform start) then (optionally smoothed) cross-entropy on x_adv."""
 
     def step(self, x, y, ctx: StepContext) -> StepOutput:
-        x_adv = A.pgd(ctx.raw, x, y, ctx.eps, ctx.alpha, ctx.steps, amp_dtype=ctx.attack_dtype)
+        x_adv = A.pgd(ctx.raw, x, y, ctx.eps, ctx.alpha, ctx.steps, amp_dtype=ctx.attack_dtype, validate=False)
         with ctx.autocast():
             (z,) = ctx.forward(x_adv)
         ce = F.cross_entropy(z.float(), y, reduction="none").detach()
@@ -44,7 +44,7 @@ class TRADES(Method):
 
     def step(self, x, y, ctx: StepContext) -> StepOutput:
         x_adv = A.trades_kl(ctx.raw, x, ctx.eps, ctx.alpha, ctx.steps, init_std=ctx.kl_init_std,
-                            amp_dtype=ctx.attack_dtype)
+                            amp_dtype=ctx.attack_dtype, validate=False)
         with ctx.autocast():
             z_nat, z_adv = ctx.forward(x, x_adv)
         z_nat, z_adv = z_nat.float(), z_adv.float()

@@ -14,6 +14,12 @@ from .base import DeviceMirror, Method, StepContext, StepOutput, kd_per_sample, 
 from .temperature import Temperatures
 
 
+def default_kd_scale(num_classes: int) -> float:
+    """The releases' KD scale: RSLAD's CIFAR-100 script multiplies both KD terms by 10 (undoing most of
+    the 1/C of the element-mean KD loss); every other release uses 1."""
+    return 10.0 if num_classes == 100 else 1.0
+
+
 def fair_ard_weights(mean_steps: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Fair-ARD style class weights: w_c ~ (1 / k_c)^2 from the mean number of PGD steps k_c that a
     class survives, normalised to sum to C, then clamped to [5/6, 5/2]. k_c below 1 counts as 1."""
@@ -30,6 +36,7 @@ class Distill(Method):
     def __init__(self, cfg, num_classes, device):
         super().__init__(cfg, num_classes, device)
         self.temps = Temperatures(cfg, num_classes, force_fixed=self.fixed_unit_temperatures)
+        self.kd_scale = cfg.kd_scale if cfg.kd_scale is not None else default_kd_scale(num_classes)
         self.class_weights = torch.ones(num_classes)
         self._weights_dev = DeviceMirror()
         self._steps_sum = torch.zeros(num_classes, dtype=torch.float64, device=device)
@@ -51,13 +58,13 @@ class Distill(Method):
         self._steps_sum.index_add_(0, y, steps.double())
         self._steps_cnt.index_add_(0, y, torch.ones_like(steps, dtype=torch.float64))
 
-    def distill_loss(self, x_adv, x, y, p_adv, p_nat, ctx: StepContext):
+    def distill_loss(self, x_adv, x, y, p_adv, p_nat, ctx: StepContext, count: float | None = None):
         with ctx.autocast():
             z_adv, z_nat = ctx.forward(x_adv, x)
         w = self.sample_weights(y)
         c = self.cfg
-        loss = c.kd_scale * (c.adv_weight * weighted_mean(kd_per_sample(p_adv, z_adv), w)
-                             + c.nat_weight * weighted_mean(kd_per_sample(p_nat, z_nat), w))
+        loss = self.kd_scale * (c.adv_weight * weighted_mean(kd_per_sample(p_adv, z_adv), w, count)
+                                + c.nat_weight * weighted_mean(kd_per_sample(p_nat, z_nat), w, count))
         ce_adv = F.cross_entropy(z_adv.float(), y, reduction="none").detach()
         ce_nat = F.cross_entropy(z_nat.float(), y, reduction="none").detach()
         return loss, ce_adv, ce_nat
@@ -66,11 +73,11 @@ class Distill(Method):
         p_adv, p_nat = self.teacher_targets(x, y, ctx)
         if self.cfg.fair_reweight:
             x_adv, k = A.pgd_kl(ctx.raw, x, p_adv, ctx.eps, ctx.alpha, ctx.steps, track_labels=y,
-                                init_std=ctx.kl_init_std, amp_dtype=ctx.attack_dtype)
+                                init_std=ctx.kl_init_std, amp_dtype=ctx.attack_dtype, validate=False)
             self.record_steps(y, k)
         else:
             x_adv = A.pgd_kl(ctx.raw, x, p_adv, ctx.eps, ctx.alpha, ctx.steps, init_std=ctx.kl_init_std,
-                             amp_dtype=ctx.attack_dtype)
+                             amp_dtype=ctx.attack_dtype, validate=False)
         loss, ce_adv, ce_nat = self.distill_loss(x_adv, x, y, p_adv, p_nat, ctx)
         return StepOutput(loss, y, ce_adv, ce_nat)
 
@@ -92,6 +99,9 @@ class Distill(Method):
             out["class_weights"] = self.class_weights.tolist()
             self._steps_sum.zero_(); self._steps_cnt.zero_()
         return out
+
+    def resolved(self):
+        return {"kd_scale": self.kd_scale}
 
     def state_dict(self):
         return {**self.temps.state_dict(), "class_weights": self.class_weights.clone()}

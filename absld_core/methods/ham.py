@@ -18,20 +18,40 @@ from .distill import ABSLD
 def mine_hard(ctx: StepContext, x, y, early_steps: int):
     """The first M PGD-CE steps: returns (x_M, first crossing step, hard mask = wrong at x_M)."""
     return A.pgd_boundary_steps(ctx.raw, x, y, ctx.eps, ctx.alpha, early_steps, amp_dtype=ctx.attack_dtype,
-                                return_final=True)
+                                return_final=True, validate=False)
 
 
-def hardness_weights(first_cross: torch.Tensor, early_steps: int) -> torch.Tensor:
-    """Weight of a hard example: M + 1 - (step at which it first crossed), normalised to mean 1.
-    An example that crossed at once weighs most."""
+def hardness_weights(first_cross: torch.Tensor, early_steps: int, ctx: StepContext | None = None) -> torch.Tensor:
+    """Weight of a hard example: M + 1 - (step at which it first crossed), normalised to mean 1 over the
+    hard set (of every process, under DDP). An example that crossed at once weighs most."""
     w = (early_steps + 1 - first_cross.clamp(max=early_steps)).float()
-    return w / w.mean()
+    if ctx is None or ctx.world_size == 1:
+        return w / w.mean()
+    return w / (ctx.sum_all(float(w.sum())) / ctx.sum_all(w.numel()))
 
 
 def hard_index(hard: torch.Tensor) -> torch.Tensor:
     """Positions of the hard examples. Reading the hard set's size is the one point where a HAM step
     waits for the device (early dropping makes the training batch's shape depend on the data)."""
     return hard.nonzero().squeeze(1)
+
+
+def hard_set_size(ctx: StepContext, h: torch.Tensor) -> tuple[int, float | None]:
+    """(size of the hard set over every process, the divisor of this process's loss sum).
+
+    One process: the divisor is None (a plain mean over H). Under DDP every process divides its sum by
+    |H_all| / world_size, so that DDP's average of the gradients is the gradient of the mean over the
+    hard set of the whole global batch, as one process would compute it."""
+    n_all = int(ctx.sum_all(h.numel()))
+    return n_all, (None if ctx.world_size == 1 else n_all / ctx.world_size)
+
+
+def nothing_hard_here(ctx: StepContext, x, y, hard, count) -> StepOutput:
+    """Under DDP, a process whose share of the batch has no hard example while another's has: it joins
+    the gradient all-reduce with zero gradients from an eval-mode pass (no BatchNorm statistic moves),
+    and the optimiser step that every process then takes is the global batch's."""
+    empty = y[:0]
+    return StepOutput(ctx.zero_loss(x), empty, torch.zeros(0, device=y.device), None, kept=hard, loss_scale=count)
 
 
 def keep_all(out: StepOutput, y: torch.Tensor) -> StepOutput:
@@ -47,17 +67,22 @@ class HAM(PGDAT):
             return keep_all(super().step(x, y, ctx), y)
         x_m, first, hard = mine_hard(ctx, x, y, c.ham_early_steps)
         h = hard_index(hard)
+        n_all, count = hard_set_size(ctx, h)
+        if n_all == 0:
+            return StepOutput(None, kept=hard)  # no process has a hard example: every one skips the step
         if h.numel() == 0:
-            return StepOutput(None, kept=hard)
+            return nothing_hard_here(ctx, x, y, hard, count)
         xh, yh = x[h], y[h]
         x_adv = A.pgd(ctx.raw, xh, yh, ctx.eps, ctx.alpha, ctx.steps - c.ham_early_steps, x_init=x_m[h],
-                      amp_dtype=ctx.attack_dtype)
+                      amp_dtype=ctx.attack_dtype, validate=False)
         with ctx.autocast():
             (z,) = ctx.forward(x_adv)
-        w = hardness_weights(first[h], c.ham_early_steps) if c.ham_weighting == "hardness" else None
-        loss = weighted_mean(soft_ce(z, self.targets(yh)), w)
+        w = None
+        if c.ham_weighting == "hardness":
+            w = hardness_weights(first[h], c.ham_early_steps, ctx)
+        loss = weighted_mean(soft_ce(z, self.targets(yh)), w, count)
         ce = F.cross_entropy(z.float(), yh, reduction="none").detach()
-        return StepOutput(loss, yh, ce, None, kept=hard)
+        return StepOutput(loss, yh, ce, None, kept=hard, loss_scale=count)
 
 
 class ABSLDHAM(ABSLD):
@@ -74,10 +99,15 @@ class ABSLDHAM(ABSLD):
         if c.fair_reweight:
             self.record_steps(y, first)
         h = hard_index(hard)
-        if h.numel() == 0:
+        n_all, count = hard_set_size(ctx, h)
+        if n_all == 0:
             return StepOutput(None, kept=hard)
+        if h.numel() == 0:
+            out = nothing_hard_here(ctx, x, y, hard, count)
+            out.ce_nat = out.ce_adv
+            return out
         xh, yh = x[h], y[h]
         x_adv = A.pgd_kl(ctx.raw, xh, p_adv[h], ctx.eps, ctx.alpha, ctx.steps - c.ham_early_steps,
-                         x_init=x_m[h], amp_dtype=ctx.attack_dtype)
-        loss, ce_adv, ce_nat = self.distill_loss(x_adv, xh, yh, p_adv[h], p_nat[h], ctx)
-        return StepOutput(loss, yh, ce_adv, ce_nat, kept=hard)
+                         x_init=x_m[h], amp_dtype=ctx.attack_dtype, validate=False)
+        loss, ce_adv, ce_nat = self.distill_loss(x_adv, xh, yh, p_adv[h], p_nat[h], ctx, count)
+        return StepOutput(loss, yh, ce_adv, ce_nat, kept=hard, loss_scale=count)

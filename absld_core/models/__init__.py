@@ -11,14 +11,15 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .checkpoint import CheckpointError, load_checkpoint, load_state_dict, model_from_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, check_fits, load_checkpoint, load_state_dict, model_from_checkpoint,
+                         save_checkpoint)
 from .resnet import preact_resnet18, resnet18
 from .small import MobileNetV2, SmallCNN
 from .wrn import WideResNet
 
 MODELS = ("small_cnn", "resnet18", "preact_resnet18", "mobilenet_v2", "wrn")
 __all__ = ["build_model", "MODELS", "Normalize", "save_checkpoint", "load_checkpoint", "load_state_dict",
-           "model_from_checkpoint", "CheckpointError", "count_parameters"]
+           "model_from_checkpoint", "CheckpointError", "check_fits", "count_parameters"]
 
 
 class Normalize(nn.Module):

@@ -48,11 +48,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is an empty file (an interrupted copy or save?); "
+                              f"it must be a torch.save'd state dict")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path} with weights_only=True ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:300]}); it must be a torch.save'd state dict") from e
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise CheckpointError(f"cannot read checkpoint {path} with weights_only=True ({type(e).__name__}"
+                              f"{': ' + first if first else ''}); it must be a torch.save'd state dict") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a state dict")
     for key in ("model", "state_dict", "model_state_dict", "net"):
@@ -98,8 +102,23 @@ def load_state_dict(model: nn.Module, state: dict, source: str = "checkpoint") -
         if shape:
             parts.append(f"shape mismatches: {few(shape)}")
         raise CheckpointError(f"{source} does not fit {type(target).__name__}; " + "; ".join(parts))
+    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{source} holds NaN or infinite weights in {', '.join(bad[:5])}"
+                              f"{' ...' if len(bad) > 5 else ''}: it comes from a diverged run; use an earlier "
+                              f"checkpoint")
     target.load_state_dict(state)
     return model
+
+
+def check_fits(meta: dict, num_classes: int, in_channels: int, source: str) -> None:
+    """A checkpoint's model must predict the data's classes from images with the data's channels."""
+    if int(meta["num_classes"]) != num_classes:
+        raise CheckpointError(f"{source} predicts {meta['num_classes']} classes but the data has {num_classes}")
+    got = int(meta.get("in_channels", 3))
+    if got != in_channels:
+        raise CheckpointError(f"{source} takes images with {got} channel(s) but the data has {in_channels}; "
+                              f"use a checkpoint trained on this dataset (or pass its in_channels)")
 
 
 def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
