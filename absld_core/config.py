@@ -21,7 +21,7 @@ METHODS = ("natural", "pgd_at", "trades", "rslad", "absld", "ham", "absld_ham")
 DISTILL_METHODS = ("rslad", "absld", "absld_ham")
 SCHEDULES = ("adaptive", "fixed", "table", "function")
 LR_SCHEDULES = ("paper300", "ham", "milestones", "constant")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 SELECTIONS = ("validation", "test")
 MAX_LR = 10.0                  # a larger SGD learning rate is a typo, not an experiment
 # fields that cannot change a run's results: a resume may differ in these, and reuse ignores them
@@ -144,7 +144,8 @@ class AttackConfig:
     kl_init_std: float = 0.001         # Gaussian start of the PGD-KL / TRADES attacks (0: start at x)
     val_attacks: tuple = ("clean", "pgd10")
     test_attacks: tuple = ("clean", "fgsm", "pgd20", "cw30")
-    amp_dtype: str | None = None       # None: fp32 attacks; 'bf16' runs attack passes under autocast
+    amp_dtype: str | None = None       # training attacks: None follows the training precision; 'fp32' or 'bf16'
+                                       # (evaluation attacks are always fp32)
     aa_iters: int | None = None        # AutoAttack iterations in evaluation (None: the standard 100)
 
     def __post_init__(self):
@@ -163,8 +164,8 @@ class AttackConfig:
                     raise ConfigError(f"attack.{name}: {e}") from e
         if self.aa_iters is not None:
             _positive_int("attack.aa_iters", self.aa_iters)
-        if self.amp_dtype not in (None, "bf16"):
-            raise _err("attack.amp_dtype", self.amp_dtype, "None (fp32) or 'bf16'")
+        if self.amp_dtype not in (None, "fp32", "bf16"):
+            raise _err("attack.amp_dtype", self.amp_dtype, "null (as the training precision), 'fp32' or 'bf16'")
 
 
 @dataclass(frozen=True)
@@ -264,8 +265,8 @@ class TrainConfig:
     out_dir: str = "runs"
     seed: int = 0
     device: str = "cpu"
-    precision: str = "fp32"        # fp32, or bf16 autocast for the training passes
-    channels_last: bool = False
+    precision: str = "auto"        # auto: bf16 where the device has it natively, else fp32; or fp32, bf16
+    channels_last: bool | None = None   # None: on when training in bf16
     compile: bool = False
     eval_every: int = 1            # class-wise validation evaluation every N epochs (and at the end) ...
     eval_every_epoch_after_decay: bool = True   # ... and every epoch from the first lr decay on (the releases)

@@ -9,7 +9,6 @@ chosen checkpoint is evaluated class-wise on the test set into metrics.json.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import math
@@ -29,6 +28,7 @@ from .methods import Distill, Method, StepContext, build_method
 from .models import (build_model, check_fits, load_checkpoint, load_state_dict, model_from_checkpoint,
                      save_checkpoint)
 from .models.checkpoint import atomic_torch_save
+from .precision import resolve as resolve_precision
 from .runs import RunDir, RunExistsError, RunLockedError, write_json_atomic
 from .schedule import lr_at, lr_factor, milestone_epochs
 
@@ -128,13 +128,6 @@ def make_optimizer(model: nn.Module, optim, device: torch.device) -> torch.optim
                            weight_decay=optim.weight_decay, **({"fused": True} if fused else {}))
 
 
-def precision_contexts(cfg: TrainConfig, device: torch.device):
-    """(context for the training passes: bf16 autocast or nothing, dtype of the attack passes)."""
-    autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.precision == "bf16"
-                else contextlib.nullcontext)
-    return autocast, (torch.bfloat16 if cfg.attack.amp_dtype == "bf16" else None)
-
-
 def _rng_state(device: torch.device) -> dict:
     s = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -230,7 +223,8 @@ def _train(cfg: TrainConfig, run: RunDir, info: DistInfo, device: torch.device) 
     torch.manual_seed(cfg.seed + info.rank)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
-    mf = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    prec = resolve_precision(cfg, device)
+    mf = torch.channels_last if prec.channels_last else torch.contiguous_format
 
     ds = prepare_data(cfg)
     meta = model_meta(cfg, ds)
@@ -266,15 +260,18 @@ def _train(cfg: TrainConfig, run: RunDir, info: DistInfo, device: torch.device) 
         write_json_atomic(run.config, {**cfg.to_dict(), "resolved": {"num_classes": ds.num_classes,
                                        "classes": ds.classes, "image_shape": list(ds.image_shape),
                                        "train_size": len(ds.train_y), "world_size": info.world_size,
-                                       "torch": torch.__version__, "method": method.resolved()}})
+                                       "torch": torch.__version__, "method": method.resolved(),
+                                       "precision": prec.as_record()}})
         run.set_status("running", epoch=start - 1)
+        if cfg.progress:
+            print(f"{cfg.name}: {prec.describe()}", flush=True)
 
     net = torch.compile(model) if cfg.compile else model
     fwd: nn.Module = MultiView(net)
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
         fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    autocast, attack_dtype = precision_contexts(cfg, device)
+    autocast, attack_dtype = prec.contexts(device)
 
     try:
         for epoch in range(start, cfg.optim.epochs + 1):

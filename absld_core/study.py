@@ -50,7 +50,7 @@ def base_config(p: dict, name: str, method: dict, **over) -> dict:
     attacks = lambda s: [a.strip() for a in str(s).split(",") if a.strip()]  # noqa: E731
     cfg = {
         "name": name, "out_dir": p["run_root"], "seed": int(p.get("seed", 0)), "device": p.get("device", "cpu"),
-        "precision": p.get("precision", "fp32"), "eval_every": int(p.get("eval_every", 1)), "progress": True,
+        "precision": p.get("precision", "auto"), "eval_every": int(p.get("eval_every", 1)), "progress": True,
         "selection": p.get("selection", "validation"),
         "data": {"dataset": p["dataset"], "root": p.get("data_root"), "train_per_class": p.get("train_per_class"),
                  "val_per_class": int(p.get("val_per_class", 20)), "test_per_class": p.get("test_per_class"),

@@ -1,11 +1,12 @@
 """Steady-state training throughput: our engine against a reference-style ABSLD step.
 
     .venv/bin/python bench/train_throughput.py --student small_cnn --teacher small_cnn --teacher-width 64
-    .venv/bin/python bench/train_throughput.py --student resnet18 --teacher wrn --device cuda --precision bf16 \
-        --channels-last --batch 128                      # the GPU comparison (ResNet-18 / WRN-34-10)
+    .venv/bin/python bench/train_throughput.py --student resnet18 --teacher wrn --device cuda --batch 128
+                                                         # the GPU comparison (ResNet-18 / WRN-34-10)
 
 "Ours" times the engine's own epoch function (on-device data and augmentation, the method units,
-vectorised class bookkeeping; channels_last / bf16 / compile as asked). "Reference" is an ABSLD step
+vectorised class bookkeeping; the engine's precision (auto by default: bf16 training and training
+attacks where the device has native bf16) and memory format; compile as asked). "Reference" is an ABSLD step
 written the way the released script works: a DataLoader with per-sample CPU transforms, fp32, default
 memory format, per-sample Python loops for the class temperatures and the class risks. Before timing,
 both compute the loss of one fixed batch from the same weights and random state, and the script
@@ -33,7 +34,8 @@ from machine import machine_info  # noqa: E402
 from absld_core.config import TrainConfig  # noqa: E402
 from absld_core.data import BatchIterator  # noqa: E402
 from absld_core.distributed import DistInfo  # noqa: E402
-from absld_core.engine import MultiView, _train_epoch, make_optimizer, precision_contexts  # noqa: E402
+from absld_core.engine import MultiView, _train_epoch, make_optimizer  # noqa: E402
+from absld_core.precision import resolve  # noqa: E402
 from absld_core.methods import StepContext, build_method  # noqa: E402
 from absld_core.models import build_model  # noqa: E402
 
@@ -114,10 +116,12 @@ def reset_peak(device):
 
 def config(args, method: str) -> TrainConfig:
     return TrainConfig.from_dict({
-        "name": "bench", "device": args.device, "precision": args.precision, "channels_last": args.channels_last,
+        "name": "bench", "device": args.device, "precision": args.precision,
+        "channels_last": {"auto": None, "on": True, "off": False}[args.channels_last],
         "compile": args.compile, "progress": False,
         "model": {"arch": args.student},
-        "attack": {"eps": EPS, "alpha": ALPHA, "steps": K, "amp_dtype": "bf16" if args.attack_bf16 else None},
+        "attack": {"eps": EPS, "alpha": ALPHA, "steps": K,
+                   "amp_dtype": None if args.attack_precision == "auto" else args.attack_precision},
         "method": {"name": method, "teacher": {"checkpoint": "unused"} if method in ("rslad", "absld", "absld_ham") else None,
                    "ham_start_epoch": 1},
         "optim": {"epochs": 1, "batch_size": args.batch, "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4,
@@ -126,12 +130,13 @@ def config(args, method: str) -> TrainConfig:
 
 def time_ours(args, method_name, student0, teacher, x, y, device) -> dict:
     cfg = config(args, method_name)
-    mf = torch.channels_last if args.channels_last else torch.contiguous_format
+    prec = resolve(cfg, device)
+    mf = torch.channels_last if prec.channels_last else torch.contiguous_format
     student = copy.deepcopy(student0).to(device, memory_format=mf)
     net = torch.compile(student) if args.compile else student
     method = build_method(cfg.method, 10, device)
     opt = make_optimizer(student, cfg.optim, device)
-    autocast, attack_dtype = precision_contexts(cfg, device)
+    autocast, attack_dtype = prec.contexts(device)
     t = teacher.to(memory_format=mf) if method.needs_teacher else None
     out = {}
     for phase, n in (("warmup", args.warmup), ("timed", args.steps)):
@@ -202,8 +207,8 @@ def _check_same_loss(args, student0, teacher, x, y, device) -> dict:
     o1 = torch.optim.SGD(s1.parameters(), lr=0.1)
     torch.manual_seed(123)
     ref = reference_step(s1, teacher, o1, xb, yb, tau.to(device), tau.flip(0).to(device), [0.0] * 10, [0.0] * 10).item()
-    cfg = config(argparse.Namespace(**{**vars(args), "precision": "fp32", "channels_last": False, "compile": False,
-                                       "attack_bf16": False}), "absld")
+    cfg = config(argparse.Namespace(**{**vars(args), "precision": "fp32", "channels_last": "off", "compile": False,
+                                       "attack_precision": "fp32"}), "absld")
     method = build_method(cfg.method, 10, device)
     method.temps.adv, method.temps.nat = tau.clone(), tau.flip(0).clone()
     s2.train()
@@ -272,9 +277,12 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    ap.add_argument("--attack-bf16", action="store_true", help="run the attack passes under bf16 autocast too")
-    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="the engine's default auto: bf16 where the device has it natively")
+    ap.add_argument("--attack-precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="training attack passes (auto: as the training passes)")
+    ap.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
+                    help="auto: on when training in bf16")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--ref-workers", type=int, default=None, help="DataLoader workers of the reference (cpu: 0)")
     ap.add_argument("--threads", type=int, default=None)
@@ -299,6 +307,8 @@ def main() -> int:
                               "peak RSS of the process that ran the path (each path in its own process)"
                               if args.isolate else "peak RSS of the whole benchmark process"),
               **run(args, "sizes")}
+    result["precision"] = resolve(config(args, "absld"), device).as_record()
+    print(f"precision (--precision {args.precision}): {resolve(config(args, 'absld'), device).describe()}", flush=True)
     result["same_loss_check"] = run(args, "check")
     print("same loss:", result["same_loss_check"], flush=True)
     result["reference_absld"] = run(args, "reference")

@@ -122,7 +122,7 @@ def test_non_finite_loss_names_epoch_and_batch_and_keeps_checkpoint(tmp_path, mo
     ({"model": {"arch": "vgg"}}, "model.arch='vgg' is invalid: known models"),
     ({"data": {"dataset": "mnist"}}, "data.dataset='mnist' is invalid"),
     ({"optim": {"lr": 0.1, "momentun": 0.9}}, r"unknown field\(s\) optim.momentun"),
-    ({"precision": "fp16"}, "precision='fp16' is invalid: one of fp32, bf16"),
+    ({"precision": "fp16"}, "precision='fp16' is invalid: one of auto, fp32, bf16"),
     ({"attack": {"test_attacks": ["pgdx"]}}, "unknown attack 'pgdx'"),
 ])
 def test_config_errors_name_field_value_and_allowed(override, message):

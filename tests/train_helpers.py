@@ -7,6 +7,7 @@ from absld_core.config import apply_overrides
 def tiny(name, method_name, out_dir, **over):
     cfg = {
         "name": name, "out_dir": str(out_dir), "progress": False, "seed": 0,
+        "precision": "fp32",  # the same numbers on every CPU (auto would pick bf16 on some)
         "data": {"dataset": "synthetic", "val_per_class": 4, "augment": True, "pad": 2,
                  "options": {"num_classes": 4, "train_per_class": 24, "test_per_class": 8, "image_size": 8}},
         "model": {"arch": "small_cnn", "width": 4},

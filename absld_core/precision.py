@@ -1,0 +1,80 @@
+"""Which numeric precision a run trains in: `precision: auto` picks bf16 where the device computes it
+natively, fp32 elsewhere.
+
+    p = resolve(cfg, device)        # Precision(train='bf16', attack='bf16', channels_last=True, reason=...)
+    autocast, attack_dtype = p.contexts(device)
+
+Native bf16: a CPU whose /proc/cpuinfo flags name avx512_bf16 or amx_bf16 (on others bf16 is emulated and
+slower than fp32), or a CUDA GPU of compute capability 8.0 or newer. Under bf16 the training passes run in
+autocast and so do the training-time attack passes (10 of the 12 passes of an ABSLD step: bf16 pays only
+when they use it too). Evaluation attacks always run in fp32 (the engine never passes them a dtype).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """The native-bf16 flags this CPU reports (empty where /proc/cpuinfo is absent or has none)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return []
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    return [f for f in BF16_CPU_FLAGS if f in flags]
+
+
+def native_bf16(device: torch.device) -> tuple[bool, str]:
+    """(whether `device` computes bf16 natively, the reason in words)."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        ok = major >= 8
+        return ok, f"CUDA compute capability {major}.{minor} ({'>=' if ok else '<'} 8.0)"
+    flags = cpu_bf16_flags()
+    return (True, f"CPU with {', '.join(flags)}") if flags else (False, "CPU without native bf16 (no avx512_bf16 or amx_bf16)")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The resolved choice: dtype of the training passes and of the training attacks, memory format."""
+    train: str          # 'fp32' or 'bf16'
+    attack: str         # 'fp32' or 'bf16'
+    channels_last: bool
+    reason: str
+
+    def contexts(self, device: torch.device):
+        """(context factory for the training passes, dtype for the training attack passes or None)."""
+        autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if self.train == "bf16"
+                    else contextlib.nullcontext)
+        return autocast, (torch.bfloat16 if self.attack == "bf16" else None)
+
+    def as_record(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return (f"training passes {self.train}, training attacks {self.attack}, "
+                f"channels_last {'on' if self.channels_last else 'off'} ({self.reason})")
+
+
+def resolve(cfg, device: torch.device) -> Precision:
+    """The precision of a TrainConfig on `device`. precision: auto -> bf16 where native, else fp32;
+    attack.amp_dtype: None follows the training precision, 'fp32' or 'bf16' is taken as given;
+    channels_last: None -> on with bf16 (where it helped on both CPU and GPU), else as given."""
+    if cfg.precision == "auto":
+        native, why = native_bf16(device)
+        train = "bf16" if native else "fp32"
+        reason = f"auto: {why}"
+    else:
+        train, reason = cfg.precision, "set in the config"
+    attack = cfg.attack.amp_dtype or train
+    channels_last = cfg.channels_last if cfg.channels_last is not None else train == "bf16"
+    return Precision(train, attack, bool(channels_last), reason)
