@@ -84,12 +84,13 @@ def _checkpoint_path(path: Path) -> Path:
         return path
     import json
 
-    which = "fair_best"
-    if (path / "config.json").is_file():
-        which = json.loads((path / "config.json").read_text()).get("final_checkpoint", which)
-    for cand in (path / f"{which}.pt", path / "last.pt"):
-        if cand.is_file():
-            return cand
+    from .runs import RunDir
+
+    run = RunDir(path)
+    which = json.loads(run.config.read_text()).get("final_checkpoint", "fair_best") if run.config.is_file() else "fair_best"
+    found = run.checkpoint_or_last(which)
+    if found is not None:
+        return found
     raise UsageError(f"--checkpoint {path} is a directory without {which}.pt or last.pt; name a checkpoint "
                      f"file or a run directory of a trained run")
 

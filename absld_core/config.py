@@ -337,6 +337,10 @@ class TrainConfig:
             return v
         return conv(self)
 
+    def to_json(self) -> dict:
+        """to_dict as plain JSON values (what config.json holds), for comparing configs."""
+        return json.loads(json.dumps(self.to_dict()))
+
     def replace(self, **overrides) -> "TrainConfig":
         return TrainConfig.from_dict(apply_overrides(self.to_dict(keep_callables=True), overrides))
 
@@ -439,6 +443,6 @@ def normalised(saved: dict) -> dict:
     added to the package since (at their defaults) do not count as changes."""
     raw = {k: v for k, v in saved.items() if k != "resolved"}
     try:
-        return json.loads(json.dumps(TrainConfig.from_dict(raw).to_dict()))
+        return TrainConfig.from_dict(raw).to_json()
     except (ConfigError, TypeError, ValueError):
         return raw

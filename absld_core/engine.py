@@ -106,12 +106,11 @@ def load_teacher(cfg: TrainConfig, num_classes: int, device: torch.device, in_ch
     t = cfg.method.teacher
     path = Path(t.checkpoint)
     if path.is_dir():
-        cands = [path / f"{t.which}.pt", path / "last.pt"]
-        found = [c for c in cands if c.is_file()]
-        if not found:
+        found = RunDir(path).checkpoint_or_last(t.which)
+        if found is None:
             raise FileNotFoundError(f"method.teacher.checkpoint={str(path)!r} is a directory without "
                                     f"{t.which}.pt or last.pt; train the teacher first or name a checkpoint file")
-        path = found[0]
+        path = found
     elif not path.is_file():
         raise FileNotFoundError(f"method.teacher.checkpoint={str(path)!r} does not exist")
     teacher, meta = model_from_checkpoint(path, device, defaults={"num_classes": num_classes, "in_channels": in_channels},
@@ -190,7 +189,7 @@ def _refuse_changed_config(cfg: TrainConfig, run: RunDir) -> None:
     """A resume continues the run that was started: every field that can change its results must agree."""
     if not run.config.is_file():
         return
-    changed = config_changes(normalised(json.loads(run.config.read_text())), json.loads(json.dumps(cfg.to_dict())))
+    changed = config_changes(normalised(json.loads(run.config.read_text())), cfg.to_json())
     if changed:
         raise ConfigError(f"cannot resume {run.path} with another configuration: {', '.join(changed[:10])} "
                           f"differ from the run's config.json. Resume with the recorded values (absld train "
@@ -464,9 +463,7 @@ def _validate(cfg, model, ds, device, run, meta, epoch, best) -> dict:
 
 
 def _final_eval(cfg, ds, device, run, meta) -> None:
-    path = run.checkpoint(cfg.final_checkpoint)
-    if not path.is_file():
-        path = run.last
+    path = run.checkpoint_or_last(cfg.final_checkpoint)
     model, ck_meta = model_from_checkpoint(path, device)
     ck_epoch = ck_meta.get("epoch", cfg.optim.epochs if path == run.last else None)
     df = evaluate(model, ds.test_x, ds.test_y, cfg.attack.test_attacks, classes=ds.classes, eps=cfg.attack.eps,

@@ -25,7 +25,7 @@ def run_or_resume(cfg: dict, log=print) -> Path:
     run = RunDir(Path(cfg.get("out_dir", "runs")) / cfg["name"])
     if not run.config.is_file():
         return train({**cfg, "resume": False, "overwrite": run.exists()})
-    new = json.loads(json.dumps(TrainConfig.from_dict({**cfg, "resume": False, "overwrite": False}).to_dict()))
+    new = TrainConfig.from_dict({**cfg, "resume": False, "overwrite": False}).to_json()
     changed = config_changes(normalised(json.loads(run.config.read_text())), new)
     if changed:
         log(f"{run.path}: configuration changed ({', '.join(changed[:6])}); training again")

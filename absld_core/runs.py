@@ -82,6 +82,13 @@ class RunDir:
     def checkpoint(self, which: str) -> Path:
         return self.path / f"{which}.pt"
 
+    def checkpoint_or_last(self, which: str) -> Path | None:
+        """The run's `which` checkpoint (fair_best, best, last), else its last.pt, else None."""
+        for cand in (self.checkpoint(which), self.last):
+            if cand.is_file():
+                return cand
+        return None
+
     def exists(self) -> bool:
         """True when the directory holds anything besides its lock file."""
         return self.path.is_dir() and any(p.name != "run.lock" for p in self.path.iterdir())

@@ -21,13 +21,15 @@ def mine_hard(ctx: StepContext, x, y, early_steps: int):
                                 return_final=True, validate=False)
 
 
-def hardness_weights(first_cross: torch.Tensor, early_steps: int, ctx: StepContext | None = None) -> torch.Tensor:
+def hardness_weights(first_cross: torch.Tensor, early_steps: int, ctx: StepContext | None = None,
+                     n_all: int | None = None) -> torch.Tensor:
     """Weight of a hard example: M + 1 - (step at which it first crossed), normalised to mean 1 over the
-    hard set (of every process, under DDP). An example that crossed at once weighs most."""
+    hard set (under DDP, of every process: n_all is its size, already summed by hard_set_size).
+    An example that crossed at once weighs most."""
     w = (early_steps + 1 - first_cross.clamp(max=early_steps)).float()
     if ctx is None or ctx.world_size == 1:
         return w / w.mean()
-    return w / (ctx.sum_all(float(w.sum())) / ctx.sum_all(w.numel()))
+    return w / (ctx.sum_all(float(w.sum())) / n_all)
 
 
 def hard_index(hard: torch.Tensor) -> torch.Tensor:
@@ -79,7 +81,7 @@ class HAM(PGDAT):
             (z,) = ctx.forward(x_adv)
         w = None
         if c.ham_weighting == "hardness":
-            w = hardness_weights(first[h], c.ham_early_steps, ctx)
+            w = hardness_weights(first[h], c.ham_early_steps, ctx, n_all)
         loss = weighted_mean(soft_ce(z, self.targets(yh)), w, count)
         ce = F.cross_entropy(z.float(), yh, reduction="none").detach()
         return StepOutput(loss, yh, ce, None, kept=hard, loss_scale=count)
