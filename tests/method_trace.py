@@ -1,0 +1,44 @@
+"""What a method did on a fixed seed: per-epoch losses, class risks, temperatures, class weights, the
+kept fraction and a fingerprint of the final weights. tests/data/method_reference.json holds these
+traces as recorded from the code before the one-file-method refactor (commit 527798c);
+test_method_contract.py checks that every method still produces them."""
+import torch
+
+from absld_core import train
+from absld_core.runs import RunDir
+from train_helpers import tiny
+
+# name -> (method name, method options, extra overrides); every variant of the pre-refactor methods
+VARIANTS = {
+    "natural_smoothed": ("natural", {"label_smoothing": [0.0, 0.1, 0.2, 0.3]}, {}),
+    "pgd_at": ("pgd_at", {}, {}),
+    "trades": ("trades", {"beta": 3.0}, {}),
+    "rslad": ("rslad", {}, {}),
+    "absld": ("absld", {"eta": 0.3}, {"optim__schedule": "milestones", "optim__milestones": [1]}),
+    "absld_coupled_fair": ("absld", {"eta": 0.2, "coupled_temperatures": True, "fair_reweight": True,
+                                     "tau_init_adv": [1.0, 1.5, 2.0, 1.0]}, {}),
+    "absld_table": ("absld", {"schedule": "table", "tau_table_adv": [[1, 2, 3, 4], [2, 2, 2, 2]]}, {}),
+    "ham": ("ham", {"ham_start_epoch": 2}, {}),
+    "ham_hardness": ("ham", {"ham_weighting": "hardness", "label_smoothing": 0.1}, {}),
+    "absld_ham": ("absld_ham", {"eta": 0.2}, {}),
+    "absld_ham_fair": ("absld_ham", {"fair_reweight": True, "ham_start_epoch": 2}, {}),
+}
+KEYS = ("loss", "class_risk_adv", "class_risk_nat", "tau_adv", "tau_nat", "eta", "class_weights",
+        "class_mean_steps", "kept_fraction")
+
+
+def trace(variant: str, out_dir, teacher_dir) -> dict:
+    name, opts, over = VARIANTS[variant]
+    method = {"name": name, "ham_early_steps": 2, **opts}
+    if name in ("rslad", "absld", "absld_ham"):
+        method["teacher"] = {"checkpoint": str(teacher_dir)}
+    run = train(tiny(variant, name, out_dir, method=method, **over))
+    hist = RunDir(run).history()
+    weights = torch.load(run / "last.pt", weights_only=True)["model"]
+    return {"history": [{k: h[k] for k in KEYS if k in h} for h in hist],
+            "weight_sum": float(sum(v.double().sum() for k, v in weights.items() if v.is_floating_point())),
+            "weight_abs": float(sum(v.double().abs().sum() for k, v in weights.items() if v.is_floating_point()))}
+
+
+def teacher(out_dir):
+    return train(tiny("teacher", "natural", out_dir, optim__epochs=3))
