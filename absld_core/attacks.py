@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["fgsm", "pgd", "pgd_kl", "trades_kl", "cw_inf", "pgd_boundary_steps", "autoattack",
+__all__ = ["fgsm", "pgd", "pgd_kl", "pgd_kl_tracked", "trades_kl", "cw_inf", "pgd_boundary_steps", "autoattack",
            "kl_to_targets", "margin_loss", "check_images", "AA_ATTACKS"]
 
 AA_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
@@ -40,9 +40,10 @@ def _check(x: torch.Tensor, eps: float, alpha: float | None = None, steps: int |
         raise TypeError(f"attack inputs must be float images in [0,1], got dtype {x.dtype}")
     if validate:
         check_images(x, "attack inputs")
-    if not (0 < eps <= 1):
+    # a per-sample eps or alpha (N x 1 x 1 x 1 tensors, the fair-AT methods') is the caller's to check
+    if not torch.is_tensor(eps) and not (0 < eps <= 1):
         raise ValueError(f"eps must lie in (0, 1] (pixels in [0,1]; 8/255 not 8), got {eps}")
-    if alpha is not None and not (0 < alpha <= 1):
+    if alpha is not None and not torch.is_tensor(alpha) and not (0 < alpha <= 1):
         raise ValueError(f"alpha (step size) must lie in (0, 1], got {alpha}")
     if steps is not None and (not isinstance(steps, int) or steps < 0):
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
@@ -94,7 +95,9 @@ def _noise(x: torch.Tensor) -> torch.Tensor:
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-def _uniform_start(x: torch.Tensor, eps: float) -> torch.Tensor:
+def _uniform_start(x: torch.Tensor, eps) -> torch.Tensor:
+    if torch.is_tensor(eps):  # per-sample radii
+        return (x + (2 * _noise(x).uniform_() - 1) * eps).clamp_(0.0, 1.0)
     return (x + _noise(x).uniform_(-eps, eps)).clamp_(0.0, 1.0)
 
 
@@ -149,29 +152,39 @@ def kl_to_targets(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Ten
 
 def pgd_kl(model: nn.Module, x: torch.Tensor, target_probs: torch.Tensor, eps: float, alpha: float,
            steps: int, *, init_std: float = 0.001, x_init: torch.Tensor | None = None,
-           track_labels: torch.Tensor | None = None, train_mode: bool = False, amp_dtype=None,
-           validate: bool = True):
+           train_mode: bool = False, amp_dtype=None, validate: bool = True) -> torch.Tensor:
     """Maximise sum KL(target_probs || softmax(model(x_adv))) from a Gaussian start x + init_std*N(0,1)
     (the RSLAD/ABSLD inner maximisation; target_probs are the teacher's soft labels on clean x).
 
-    x_init: continue from an earlier iterate instead. track_labels: also return, per sample, the
-    first iterate at which the model misclassifies it (as pgd_boundary_steps): (x_adv, steps)."""
+    x_init: continue from an earlier iterate instead. eps (and alpha) may be per-sample tensors
+    shaped N x 1 x 1 x 1."""
+    x0 = _kl_start(x, target_probs, eps, alpha, steps, init_std, x_init, validate)
+    with model_mode(model, train_mode):
+        return _run(model, x, lambda z: kl_to_targets(z, target_probs.detach().float()), x0, eps, alpha, steps,
+                    amp_dtype)
+
+
+def pgd_kl_tracked(model: nn.Module, x: torch.Tensor, target_probs: torch.Tensor, labels: torch.Tensor,
+                   eps: float, alpha: float, steps: int, *, init_std: float = 0.001,
+                   x_init: torch.Tensor | None = None, train_mode: bool = False, amp_dtype=None,
+                   validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """pgd_kl that also returns, per sample, the first iterate at which the model misclassifies it
+    (0..steps; steps + 1 = never): (x_adv, first)."""
+    x0 = _kl_start(x, target_probs, eps, alpha, steps, init_std, x_init, validate)
+    with model_mode(model, train_mode):
+        x_adv, first, _ = _tracked(model, x, labels, lambda z: kl_to_targets(z, target_probs.detach().float()),
+                                   x0, eps, alpha, steps, amp_dtype)
+    return x_adv, first
+
+
+def _kl_start(x, target_probs, eps, alpha, steps, init_std, x_init, validate):
     _check(x, eps, alpha, steps, validate)
     if target_probs.shape[0] != x.shape[0] or target_probs.ndim != 2:
         raise ValueError(f"target_probs must be N x C with N = {x.shape[0]}, got {tuple(target_probs.shape)}")
-    target = target_probs.detach().float()
     if x_init is None:  # as the release: the Gaussian start is not clipped (every step projects)
         x0 = (x + init_std * _noise(x).normal_()).detach()
-        if steps == 0:
-            x0 = _project(x0, x, eps)
-    else:
-        x0 = _project(x_init.detach().clone(), x, eps)
-    with model_mode(model, train_mode):
-        if track_labels is None:
-            return _run(model, x, lambda z: kl_to_targets(z, target), x0, eps, alpha, steps, amp_dtype)
-        x_adv, first, _ = _tracked(model, x, track_labels, lambda z: kl_to_targets(z, target), x0, eps,
-                                   alpha, steps, amp_dtype)
-        return x_adv, first
+        return _project(x0, x, eps) if steps == 0 else x0
+    return _project(x_init.detach().clone(), x, eps)
 
 
 def trades_kl(model: nn.Module, x: torch.Tensor, eps: float, alpha: float, steps: int, *,
@@ -200,19 +213,18 @@ def _tracked(model, x, y, loss_fn, x0, eps, alpha, steps, amp_dtype):
 
 
 def pgd_boundary_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
-                       steps: int, random_start: bool = True, *, amp_dtype=None, return_final: bool = False,
-                       validate: bool = True):
+                       steps: int, random_start: bool = True, *, amp_dtype=None, validate: bool = True):
     """PGD-CE that also reports, per sample, the first iterate k (0..steps) at which the model
     misclassifies it: 0 = already wrong at the start point, steps+1 = never crossed the boundary.
 
-    Returns (x_adv, steps_to_cross) with steps_to_cross an int64 tensor; with return_final=True also
-    a boolean mask of the samples misclassified at the final iterate (HAM's hard set)."""
+    Returns (x_adv, steps_to_cross, wrong_at_end): steps_to_cross an int64 tensor, wrong_at_end a
+    boolean mask of the samples misclassified at the final iterate (HAM's hard set)."""
     _check(x, eps, alpha, steps, validate)
     x0 = _uniform_start(x, eps) if random_start else x.clone()
     with model_mode(model):
         x_adv, first, final_wrong = _tracked(model, x, y, lambda z: F.cross_entropy(z, y, reduction="sum"),
                                              x0, eps, alpha, steps, amp_dtype)
-    return (x_adv, first, final_wrong) if return_final else (x_adv, first)
+    return x_adv, first, final_wrong
 
 
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,

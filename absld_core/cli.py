@@ -1,8 +1,8 @@
-"""Command line: `absld train`, `absld eval`, `absld study`.
+"""Command line: `absld train`, `absld eval`, `absld study`, `absld methods`.
 
     absld train --config presets/train/teacher.yaml --set optim.epochs=5
     absld train --config presets/train/absld.yaml --set method.eta=0.2
-    absld eval --checkpoint runs/x --dataset digits --attacks clean,fgsm,pgd20,cw,aa
+    absld eval --checkpoint runs/x --dataset digits --attacks clean,fgsm,pgd20,cw,aa --eps 8/255
     absld study --preset smoke
 
 Errors are one line on stderr: exit code 2 for a usage error (a bad parameter, path, config, dataset or
@@ -15,6 +15,10 @@ import argparse
 import sys
 import traceback
 from pathlib import Path
+
+from .config import AttackConfig
+
+DEFAULT_ATTACK = AttackConfig()   # the one place of the evaluation defaults (radius, step, attack list)
 
 
 class UsageError(ValueError):
@@ -51,13 +55,13 @@ def _eval(args) -> int:
         raise UsageError("--attacks names no attack; allowed: clean, fgsm, pgdN, cwN, aa, aa:<parts>")
     for a in attacks:
         parse_attack(a)
-    for name in ("eps_255", "alpha", "batch_size", "per_class", "aa_iters", "num_classes", "width", "depth"):
+    for name in ("eps", "alpha", "batch_size", "per_class", "aa_iters", "num_classes", "width", "depth"):
         v = getattr(args, name)
         if v is not None and not v > 0:
             raise UsageError(f"--{name.replace('_', '-')} {v}: must be positive")
-    if not args.eps_255 <= 255 or not args.alpha <= 1:
-        raise UsageError(f"--eps-255 {args.eps_255} / --alpha {args.alpha}: eps is in units of 1/255 "
-                         f"(at most 255), alpha in [0, 1] pixel units")
+    if not args.eps <= 1 or not args.alpha <= 1:
+        raise UsageError(f"--eps {args.eps:g} / --alpha {args.alpha:g}: both are in [0, 1] pixel units "
+                         f"(write 8/255, not 8)")
     device = check_device(args.device)
     checkpoint = _checkpoint_path(Path(args.checkpoint))
     ds = load_dataset(args.dataset, args.root)
@@ -68,7 +72,7 @@ def _eval(args) -> int:
     check_fits(meta, ds.num_classes, ds.image_shape[0], f"checkpoint {checkpoint} (for {args.dataset})")
     x, y = (ds.test_subset(args.per_class) if args.per_class else (ds.test_x, ds.test_y))
     aa_opts = {"n_iter": args.aa_iters} if args.aa_iters else {}
-    df = evaluate(model, x, y, attacks, classes=ds.classes, eps=args.eps_255 / 255, pgd_alpha=args.alpha,
+    df = evaluate(model, x, y, attacks, classes=ds.classes, eps=args.eps, pgd_alpha=args.alpha,
                   device=device, batch_size=args.batch_size, aa_opts=aa_opts)
     print(format_table(df))
     if args.out:
@@ -101,6 +105,33 @@ def _study(args) -> int:
     return run_study(args.preset, overrides=args.set, force=args.force, out_root=args.out)
 
 
+def fraction(text: str) -> float:
+    """A number, or a fraction as people write radii: 8/255."""
+    try:
+        if "/" in text:
+            a, b = text.split("/", 1)
+            return float(a) / float(b)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (write 8/255 or 0.0314)") from None
+
+
+def _methods(args) -> int:
+    """The registered methods and their options (the registry is the only list)."""
+    from dataclasses import MISSING, fields
+
+    from .methods import registry
+
+    for name in registry.names():
+        cls = registry.get(name)
+        tags = [t for t, on in (("needs a teacher", cls.needs_teacher), ("study student", cls.in_study)) if on]
+        print(f"{name}  ({cls.__module__}){'  - ' + ', '.join(tags) if tags else ''}")
+        for f in fields(cls.options_class):
+            default = f.default if f.default is not MISSING else "(required)"
+            print(f"    {f.name} = {default!r}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="absld", description="Adversarial robust fairness: ABSLD, RSLAD, HAM")
     sub = p.add_subparsers(dest="command", required=True)
@@ -120,9 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run directory (its fair_best.pt)")
     e.add_argument("--dataset", required=True, help="cifar10, cifar100, svhn, imagefolder, digits, synthetic")
     e.add_argument("--root", default=None, help="dataset folder or archive")
-    e.add_argument("--attacks", default="clean,fgsm,pgd20,cw30", help="comma list: clean,fgsm,pgdN,cwN,aa,aa:apgd-ce+...")
-    e.add_argument("--eps-255", type=float, default=8.0, help="L-inf radius in units of 1/255 (default 8)")
-    e.add_argument("--alpha", type=float, default=0.003, help="PGD/CW step size in [0,1] units (default 0.003)")
+    e.add_argument("--attacks", default=",".join(DEFAULT_ATTACK.test_attacks),
+                   help="comma list: clean,fgsm,pgdN,cwN,aa,aa:apgd-ce+... (default: %(default)s)")
+    e.add_argument("--eps", type=fraction, default=DEFAULT_ATTACK.eps,
+                   help="L-inf radius in [0,1] pixel units; 8/255 may be written as such (default 8/255)")
+    e.add_argument("--alpha", type=fraction, default=DEFAULT_ATTACK.eval_alpha,
+                   help="PGD/CW step in [0,1] pixel units (default %(default)s)")
     e.add_argument("--per-class", type=int, default=None, help="evaluate on a class-balanced test subset")
     e.add_argument("--aa-iters", type=int, default=None, help="AutoAttack iterations (fewer for CPU runs)")
     e.add_argument("--model", default=None, help="architecture, for checkpoints that do not record it")
@@ -140,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="re-run notebooks even when nothing changed")
     s.add_argument("--out", default=".", help="where runs/ and figures/ go (default: here)")
     s.set_defaults(func=_study)
+
+    m = sub.add_parser("methods", help="list the registered training methods and their options", parents=[common])
+    m.set_defaults(func=_methods)
     return p
 
 

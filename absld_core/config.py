@@ -1,6 +1,6 @@
 """Training configuration: one frozen dataclass per concern, built from a dict or YAML, validated.
 
-    cfg = TrainConfig.from_dict({"name": "absld", "method": {"name": "absld", "teacher": {...}}, ...})
+    cfg = TrainConfig.from_dict({"name": "my-run", "method": {"name": NAME, "teacher": {...}, **options}, ...})
     cfg = load_config("presets/x.yaml", overrides=["optim.lr=0.05", "method.eta=0.2"])
 
 Every invalid value raises ConfigError naming the field, the value and what is allowed.
@@ -17,10 +17,7 @@ from typing import Any, Callable
 
 import yaml
 
-METHODS = ("natural", "pgd_at", "trades", "rslad", "absld", "ham", "absld_ham")
-DISTILL_METHODS = ("rslad", "absld", "absld_ham")
-SCHEDULES = ("adaptive", "fixed", "table", "function")
-LR_SCHEDULES = ("paper300", "ham", "milestones", "constant")
+LR_SCHEDULES = ("paper300", "ham120", "milestones", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 SELECTIONS = ("validation", "test")
 MAX_LR = 10.0                  # a larger SGD learning rate is a typo, not an experiment
@@ -57,30 +54,30 @@ def yaml_load(text: str, origin: str = "YAML"):
         raise ConfigError(f"{origin} is not valid YAML{at}: {problem}") from None
 
 
-def _err(field_name: str, value: Any, allowed: str) -> ConfigError:
+def invalid(field_name: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"{field_name}={value!r} is invalid: {allowed}")
 
 
-def _positive_int(name, v, minimum=1):
+def check_int(name, v, minimum=1):
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise _err(name, v, f"must be an integer >= {minimum}")
+        raise invalid(name, v, f"must be an integer >= {minimum}")
 
 
-def _in_range(name, v, lo, hi, lo_open=False, hi_open=False):
+def check_range(name, v, lo, hi, lo_open=False, hi_open=False):
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise _err(name, v, "must be a number")
+        raise invalid(name, v, "must be a number")
     if (v <= lo if lo_open else v < lo) or (v >= hi if hi_open else v > hi):
-        raise _err(name, v, f"must lie in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
+        raise invalid(name, v, f"must lie in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
 
 
 def check_temperature_rule(eta, tau_min, tau_max, prefix: str = "") -> None:
     """The settings of ABSLD's temperature rule, as both the engine (MethodConfig) and the explorer's
     replay (ReplaySettings) accept them: 0 < tau_min < tau_max and eta >= 0."""
-    _in_range(f"{prefix}tau_min", tau_min, 0, float("inf"), lo_open=True)
+    check_range(f"{prefix}tau_min", tau_min, 0, float("inf"), lo_open=True)
     if not tau_min < tau_max:
         raise ConfigError(f"{prefix}tau_min={tau_min} and {prefix}tau_max={tau_max} are inverted: "
                           f"need 0 < tau_min < tau_max")
-    _in_range(f"{prefix}eta", eta, 0, float("inf"))
+    check_range(f"{prefix}eta", eta, 0, float("inf"))
 
 
 @dataclass(frozen=True)
@@ -99,12 +96,12 @@ class DataConfig:
         from .data import KNOWN
 
         if self.dataset not in KNOWN:
-            raise _err("data.dataset", self.dataset, f"known datasets: {', '.join(KNOWN)}")
-        _positive_int("data.val_per_class", self.val_per_class, 0)
+            raise invalid("data.dataset", self.dataset, f"known datasets: {', '.join(KNOWN)}")
+        check_int("data.val_per_class", self.val_per_class, 0)
         for n in ("train_per_class", "test_per_class"):
             if getattr(self, n) is not None:
-                _positive_int(f"data.{n}", getattr(self, n))
-        _positive_int("data.pad", self.pad, 0)
+                check_int(f"data.{n}", getattr(self, n))
+        check_int("data.pad", self.pad, 0)
 
 
 @dataclass(frozen=True)
@@ -121,17 +118,17 @@ class ModelConfig:
         from .models import MODELS
 
         if self.arch not in MODELS:
-            raise _err("model.arch", self.arch, f"known models: {', '.join(MODELS)}")
+            raise invalid("model.arch", self.arch, f"known models: {', '.join(MODELS)}")
         if self.norm not in ("batch", "none") or (self.norm == "none" and self.arch != "small_cnn"):
-            raise _err("model.norm", self.norm, "'batch', or 'none' for small_cnn")
+            raise invalid("model.norm", self.norm, "'batch', or 'none' for small_cnn")
         if self.width is not None:
-            _positive_int("model.width", self.width)
-        _positive_int("model.depth", self.depth)
+            check_int("model.width", self.width)
+        check_int("model.depth", self.depth)
         for name in ("mean", "std"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, tuple) or not all(
                     isinstance(t, (int, float)) and not isinstance(t, bool) for t in v)):
-                raise _err(f"model.{name}", v, "a list of numbers, one per input channel, or null")
+                raise invalid(f"model.{name}", v, "a list of numbers, one per input channel, or null")
 
 
 @dataclass(frozen=True)
@@ -151,11 +148,11 @@ class AttackConfig:
     def __post_init__(self):
         from .evaluate import parse_attack
 
-        _in_range("attack.eps", self.eps, 0, 1, lo_open=True)
-        _in_range("attack.alpha", self.alpha, 0, 1, lo_open=True)
-        _in_range("attack.eval_alpha", self.eval_alpha, 0, 1, lo_open=True)
-        _positive_int("attack.steps", self.steps, 1)
-        _in_range("attack.kl_init_std", self.kl_init_std, 0, 1)
+        check_range("attack.eps", self.eps, 0, 1, lo_open=True)
+        check_range("attack.alpha", self.alpha, 0, 1, lo_open=True)
+        check_range("attack.eval_alpha", self.eval_alpha, 0, 1, lo_open=True)
+        check_int("attack.steps", self.steps, 1)
+        check_range("attack.kl_init_std", self.kl_init_std, 0, 1)
         for name in ("val_attacks", "test_attacks"):
             for a in getattr(self, name):
                 try:
@@ -163,9 +160,9 @@ class AttackConfig:
                 except ValueError as e:
                     raise ConfigError(f"attack.{name}: {e}") from e
         if self.aa_iters is not None:
-            _positive_int("attack.aa_iters", self.aa_iters)
+            check_int("attack.aa_iters", self.aa_iters)
         if self.amp_dtype not in (None, "fp32", "bf16"):
-            raise _err("attack.amp_dtype", self.amp_dtype, "null (as the training precision), 'fp32' or 'bf16'")
+            raise invalid("attack.amp_dtype", self.amp_dtype, "null (as the training precision), 'fp32' or 'bf16'")
 
 
 @dataclass(frozen=True)
@@ -174,56 +171,46 @@ class TeacherConfig:
     arch: str | None = None         # needed for external state dicts that record no architecture
     width: int | None = None
     depth: int | None = None
-    which: str = "fair_best"        # checkpoint of a run directory: fair_best, best or last
+    which: str = "fair_best"        # checkpoint of a run directory: fair_best, best, last or averaged
 
 
 @dataclass(frozen=True)
 class MethodConfig:
-    name: str = "pgd_at"
+    """The training method: its registered name, its teacher when it distils, and its own options.
+
+    In YAML/JSON the options sit beside name and teacher (`method: {name: absld, eta: 0.1}`); here they
+    are the method's option dataclass (methods/<file>.py declares it), built and validated by it."""
+    name: str | None = None                  # None: the registry's default method (PGD-AT)
     teacher: TeacherConfig | None = None
-    beta: float = 6.0                        # TRADES
-    label_smoothing: Any = 0.0               # float, or one value per class (natural, pgd_at, ham)
-    adv_weight: float = 5 / 6                # distillation: weight of the adversarial term
-    nat_weight: float = 1 / 6
-    kd_scale: float | None = None            # None: 10 for 100 classes (the RSLAD CIFAR-100 release), else 1
-    schedule: str = "adaptive"               # ABSLD temperatures: adaptive, fixed, table, function
-    eta: float = 0.1
-    eta_follows_lr: bool = True              # eta is multiplied by 0.1 whenever the lr is
-    tau_min: float = 0.5
-    tau_max: float = 5.0
-    tau_init_adv: Any = 1.0                  # float or one value per class
-    tau_init_nat: Any = 1.0
-    tau_table_adv: tuple | None = None       # schedule='table': one row (C temperatures) per epoch
-    tau_table_nat: tuple | None = None
-    tau_function: Callable | None = None     # schedule='function': f(epoch, risk_adv, risk_nat, tau_adv, tau_nat)
-    coupled_temperatures: bool = False       # the released script's quirk: both use z_T / (t_adv * t_nat)
-    fair_reweight: bool = False              # Fair-ARD style class weights (1/k_c)^2, clamped [5/6, 5/2]
-    ham_start_epoch: int = 1                 # HAM: first epoch (1-based) with early dropping; before: PGD-AT
-    ham_early_steps: int = 3                 # M
-    ham_weighting: str = "uniform"           # or 'hardness'
+    options: Any = None                      # the method's option dataclass (None: its defaults)
 
     def __post_init__(self):
-        if self.name not in METHODS:
-            raise _err("method.name", self.name, f"known methods: {', '.join(METHODS)}")
-        if self.name in DISTILL_METHODS and (self.teacher is None or self.teacher.checkpoint is None):
+        from .methods import registry
+
+        if self.name is None:
+            object.__setattr__(self, "name", registry.default_name())
+        try:
+            cls = registry.get(self.name)
+        except registry.UnknownMethodError as e:
+            raise ConfigError(str(e)) from None
+        if self.options is None:
+            object.__setattr__(self, "options", cls.options_class())
+        elif not isinstance(self.options, cls.options_class):
+            raise ConfigError(f"method.options for {self.name!r} must be {cls.options_class.__name__}, "
+                              f"got {type(self.options).__name__}")
+        if cls.needs_teacher and (self.teacher is None or self.teacher.checkpoint is None):
             raise ConfigError(f"method.name={self.name!r} distils from a teacher: set method.teacher.checkpoint "
                               f"to a teacher checkpoint or run directory")
-        if self.schedule not in SCHEDULES:
-            raise _err("method.schedule", self.schedule, f"one of {', '.join(SCHEDULES)}")
-        check_temperature_rule(self.eta, self.tau_min, self.tau_max, "method.")
-        _in_range("method.beta", self.beta, 0, float("inf"))
-        if self.kd_scale is not None:
-            _in_range("method.kd_scale", self.kd_scale, 0, float("inf"), lo_open=True)
-        if self.schedule == "table" and self.tau_table_adv is None and self.tau_table_nat is None:
-            raise ConfigError("method.schedule='table' needs method.tau_table_adv and/or method.tau_table_nat "
-                              "(one row of class temperatures per epoch)")
-        if self.schedule == "function" and not callable(self.tau_function):
-            raise ConfigError("method.schedule='function' needs method.tau_function, a callable "
-                              "f(epoch, risk_adv, risk_nat, tau_adv, tau_nat) -> (tau_adv, tau_nat)")
-        _positive_int("method.ham_start_epoch", self.ham_start_epoch, 1)
-        _positive_int("method.ham_early_steps", self.ham_early_steps, 0)
-        if self.ham_weighting not in ("uniform", "hardness"):
-            raise _err("method.ham_weighting", self.ham_weighting, "'uniform' or 'hardness'")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MethodConfig":
+        """{name, teacher, **options}, as under `method:` in a config."""
+        return _build_method(d, "method.")
+
+    @property
+    def method_class(self) -> type:
+        from .methods import registry
+        return registry.get(self.name)
 
 
 @dataclass(frozen=True)
@@ -234,29 +221,30 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 2e-4
     schedule: str = "paper300"     # paper300: x0.1 at 215/260/285 of 300, scaled to `epochs`;
-                                   # ham: /10, /100, /200 at 50%, 75%, 91.7%; milestones; constant
+                                   # ham120: /10, /100, /200 at 50%, 75%, 91.7% (HAM's 60/90/110
+                                   # of 120, scaled); milestones; constant
     milestones: tuple = ()         # schedule='milestones': epochs after which lr is multiplied by gamma
     gamma: float = 0.1
     warmup_epochs: int = 0
 
     def __post_init__(self):
-        _positive_int("optim.epochs", self.epochs)
-        _positive_int("optim.batch_size", self.batch_size)
-        _in_range("optim.lr", self.lr, 0, MAX_LR, lo_open=True)
-        _in_range("optim.momentum", self.momentum, 0, 1, hi_open=True)
-        _in_range("optim.weight_decay", self.weight_decay, 0, 1, hi_open=True)
-        _in_range("optim.gamma", self.gamma, 0, 1, lo_open=True)
+        check_int("optim.epochs", self.epochs)
+        check_int("optim.batch_size", self.batch_size)
+        check_range("optim.lr", self.lr, 0, MAX_LR, lo_open=True)
+        check_range("optim.momentum", self.momentum, 0, 1, hi_open=True)
+        check_range("optim.weight_decay", self.weight_decay, 0, 1, hi_open=True)
+        check_range("optim.gamma", self.gamma, 0, 1, lo_open=True)
         if self.schedule not in LR_SCHEDULES:
-            raise _err("optim.schedule", self.schedule, f"one of {', '.join(LR_SCHEDULES)}")
+            raise invalid("optim.schedule", self.schedule, f"one of {', '.join(LR_SCHEDULES)}")
         for m in self.milestones:
             if isinstance(m, bool) or not isinstance(m, int) or not (1 <= m < self.epochs):
                 raise ConfigError(f"optim.milestones={list(self.milestones)} is invalid: milestone {m!r} must be "
                                   f"an integer in [1, {self.epochs - 1}] (before the last epoch)")
         if list(self.milestones) != sorted(set(self.milestones)):
-            raise _err("optim.milestones", list(self.milestones), "increasing epochs without repeats")
-        _positive_int("optim.warmup_epochs", self.warmup_epochs, 0)
+            raise invalid("optim.milestones", list(self.milestones), "increasing epochs without repeats")
+        check_int("optim.warmup_epochs", self.warmup_epochs, 0)
         if self.warmup_epochs >= self.epochs:
-            raise _err("optim.warmup_epochs", self.warmup_epochs, f"fewer than optim.epochs={self.epochs}")
+            raise invalid("optim.warmup_epochs", self.warmup_epochs, f"fewer than optim.epochs={self.epochs}")
 
 
 @dataclass(frozen=True)
@@ -286,27 +274,24 @@ class TrainConfig:
 
     def __post_init__(self):
         if not self.name or "/" in self.name:
-            raise _err("name", self.name, "a non-empty run name without '/'")
+            raise invalid("name", self.name, "a non-empty run name without '/'")
         if self.precision not in PRECISIONS:
-            raise _err("precision", self.precision, f"one of {', '.join(PRECISIONS)}")
+            raise invalid("precision", self.precision, f"one of {', '.join(PRECISIONS)}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise _err("device", self.device, "'cpu', 'cuda' or 'cuda:N'")
-        _positive_int("eval_every", self.eval_every)
+            raise invalid("device", self.device, "'cpu', 'cuda' or 'cuda:N'")
+        check_int("eval_every", self.eval_every)
         if self.selection not in SELECTIONS:
-            raise _err("selection", self.selection, "'validation' (held-out split, the default) or 'test' "
+            raise invalid("selection", self.selection, "'validation' (held-out split, the default) or 'test' "
                                                     "(the releases' protocol)")
         if self.selection == "validation" and self.data.val_per_class == 0:
             raise ConfigError("selection='validation' needs a validation split: set data.val_per_class > 0, "
                               "or selection='test' to select on the test set as the releases do")
-        _in_range("max_loss", self.max_loss, 0, float("inf"), lo_open=True)
+        check_range("max_loss", self.max_loss, 0, float("inf"), lo_open=True)
         if self.stop_after is not None:
-            _positive_int("stop_after", self.stop_after)
+            check_int("stop_after", self.stop_after)
         if self.final_checkpoint not in ("last", "best", "fair_best"):
-            raise _err("final_checkpoint", self.final_checkpoint, "'last', 'best' or 'fair_best'")
-        if self.method.name == "ham" or self.method.name == "absld_ham":
-            if self.method.ham_early_steps >= self.attack.steps:
-                raise ConfigError(f"method.ham_early_steps={self.method.ham_early_steps} must be smaller than "
-                                  f"attack.steps={self.attack.steps} (M < K)")
+            raise invalid("final_checkpoint", self.final_checkpoint, "'last', 'best' or 'fair_best'")
+        self.method.options.check_config(self)
 
     # ------------------------------------------------------------ construction and serialisation
     @classmethod
@@ -328,6 +313,8 @@ class TrainConfig:
         """Nested plain dict (tuples as lists). Callables (a schedule function) become a descriptive
         string unless keep_callables, which keeps them for building a modified copy."""
         def conv(v):
+            if isinstance(v, MethodConfig):  # the options sit beside name and teacher, as in YAML
+                return {"name": v.name, "teacher": conv(v.teacher), **conv(v.options)}
             if dataclasses.is_dataclass(v):
                 return {f.name: conv(getattr(v, f.name)) for f in fields(v)}
             if callable(v):
@@ -353,12 +340,40 @@ _NESTED = {"data": DataConfig, "model": ModelConfig, "attack": AttackConfig, "me
            "optim": OptimConfig, "teacher": TeacherConfig}
 
 
-def _build(cls, d: dict, prefix: str):
+def _build_method(d: dict, prefix: str) -> MethodConfig:
+    """method: {name, teacher, **options}: the options are built by the named method's dataclass."""
+    from .methods import registry
+
+    d = dict(d)
+    name = d.pop("name", None)
+    name = registry.default_name() if name is None else name
+    try:
+        cls = registry.get(name)
+    except registry.UnknownMethodError as e:
+        raise ConfigError(str(e)) from None
+    teacher = d.pop("teacher", None)
+    if isinstance(teacher, dict):
+        teacher = _build(TeacherConfig, teacher, f"{prefix}teacher.")
+    if "options" in d and isinstance(d["options"], cls.options_class) and len(d) == 1:
+        options = d["options"]
+    else:
+        try:
+            options = _build(cls.options_class, d, prefix, what=f"the options of method {name!r}")
+        except ConfigError as e:
+            if "unknown field" in str(e):
+                raise ConfigError(f"{e} (name and teacher are allowed for every method)") from None
+            raise
+    return MethodConfig(name=name, teacher=teacher, options=options)
+
+
+def _build(cls, d: dict, prefix: str, what: str | None = None):
+    if cls is MethodConfig:
+        return _build_method(d, prefix)
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise ConfigError(f"unknown field(s) {', '.join(prefix + u for u in unknown)}; allowed in "
-                          f"{prefix.rstrip('.') or 'the top level'}: {', '.join(known)}")
+                          f"{what or prefix.rstrip('.') or 'the top level'}: {', '.join(known) or 'none'}")
     kw = {}
     for k, v in d.items():
         if k in _NESTED and isinstance(v, dict):

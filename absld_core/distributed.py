@@ -46,12 +46,6 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
-def broadcast_tensor(t: torch.Tensor, info: DistInfo, src: int = 0) -> torch.Tensor:
-    if info.enabled:
-        dist.broadcast(t, src)
-    return t
-
-
 def all_gather_objects(obj, info: DistInfo) -> list:
     """Every process's `obj` (picklable), in rank order, on every process."""
     if not info.enabled:

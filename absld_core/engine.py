@@ -1,6 +1,6 @@
 """The one training engine: every teacher and student method runs through `train(config)`.
 
-    run_dir = train({"name": "absld", "method": {"name": "absld", "teacher": {"checkpoint": "runs/t"}}})
+    run_dir = train({"name": "my-run", "method": {"name": NAME, "teacher": {"checkpoint": "runs/t"}}})
 
 Per epoch: the method's steps, class-wise risks (vectorised), the method's bookkeeping (temperatures),
 one line in history.jsonl, a class-wise validation evaluation every `eval_every` epochs that keeps the
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .attacks import model_mode
@@ -24,7 +25,7 @@ from .config import ConfigError, TrainConfig, config_changes, normalised
 from .data import BatchIterator, Dataset, load_dataset
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, init_from_env
 from .evaluate import evaluate, save_table
-from .methods import Distill, Method, StepContext, build_method
+from .methods import EpochStart, EpochStats, Method, StepContext, StepOutput, build_method
 from .models import (build_model, check_fits, load_checkpoint, load_state_dict, model_from_checkpoint,
                      save_checkpoint)
 from .models.checkpoint import atomic_torch_save
@@ -228,7 +229,7 @@ def _train(cfg: TrainConfig, run: RunDir, info: DistInfo, device: torch.device) 
     ds = prepare_data(cfg)
     meta = model_meta(cfg, ds)
     model = build_student(cfg, ds).to(device, memory_format=mf)
-    method: Method = build_method(cfg.method, ds.num_classes, device)
+    method: Method = build_method(cfg.method, ds.num_classes, device, cfg)
     teacher = None
     if method.needs_teacher:
         teacher = load_teacher(cfg, ds.num_classes, device, ds.image_shape[0]).to(memory_format=mf)
@@ -274,10 +275,12 @@ def _train(cfg: TrainConfig, run: RunDir, info: DistInfo, device: torch.device) 
 
     try:
         for epoch in range(start, cfg.optim.epochs + 1):
-            record = _train_epoch(cfg, epoch, model, net, fwd, teacher, method, opt, loader, device, info,
-                                  autocast, attack_dtype, ds.num_classes)
-            if info.is_main and validates(cfg, epoch):
-                record["val"] = _validate(cfg, model, ds, device, run, meta, epoch, best)
+            record, stats = _train_epoch(cfg, epoch, model, net, fwd, teacher, method, opt, loader, device, info,
+                                         autocast, attack_dtype, ds)
+            if info.is_main and validates(cfg, epoch, method):
+                record["val"] = stats.val = _validate(cfg, model, ds, device, run, meta, epoch, best)
+                record.update(method.after_validation(stats))
+                _save_averaged(method, run, meta, epoch)
             rng = all_gather_objects(_rng_state(device), info)  # every process's stream, for an exact resume
             if info.is_main:
                 # last.pt holds its epoch's history record too: whichever of the two writes a kill
@@ -293,7 +296,7 @@ def _train(cfg: TrainConfig, run: RunDir, info: DistInfo, device: torch.device) 
                     run.set_status("stopped", epoch=epoch)
                 return run.path
         if info.is_main:
-            _final_eval(cfg, ds, device, run, meta)
+            _final_eval(cfg, ds, device, run, meta, method)
         barrier(info)
     except BaseException as e:
         if info.is_main:
@@ -304,27 +307,50 @@ def _train(cfg: TrainConfig, run: RunDir, info: DistInfo, device: torch.device) 
     return run.path
 
 
-def validates(cfg: TrainConfig, epoch: int) -> bool:
+def validates(cfg: TrainConfig, epoch: int, method: Method | None = None) -> bool:
     """Validation (and checkpoint selection) after `epoch`: every eval_every epochs, at the end, and,
-    as the releases do, after every epoch from the first lr decay on."""
-    if epoch % cfg.eval_every == 0 or epoch == cfg.optim.epochs:
+    as the releases do, after every epoch from the first lr decay on (and every epoch for a method
+    whose after_validation hook needs it)."""
+    if epoch % cfg.eval_every == 0 or epoch == cfg.optim.epochs or (method is not None and method.validate_every_epoch):
         return True
     decays = milestone_epochs(cfg.optim)
     return cfg.eval_every_epoch_after_decay and bool(decays) and epoch > decays[0]
 
 
 class EpochTotals:
-    """An epoch's sums, kept on the device so that a step never waits for the host: class risks
-    (adversarial and clean), class counts, HAM's kept examples and the loss."""
+    """An epoch's sums, kept on the device so that a step never waits for the host: class risks and
+    correct counts (adversarial and clean), class counts, early dropping's kept examples and the loss."""
 
     def __init__(self, C: int, device: torch.device):
         z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
         self.risk_adv, self.risk_nat, self.count = z(C), z(C), z(C)
+        self.correct_adv, self.correct_nat = z(C), z(C)
         self.kept, self.loss_sum, self.n_loss = z(()), z(()), z(())
         self.has_adv = self.has_nat = self.has_kept = False
 
     def tensors(self):
-        return self.risk_adv, self.risk_nat, self.count, self.kept, self.loss_sum, self.n_loss
+        return (self.risk_adv, self.risk_nat, self.count, self.correct_adv, self.correct_nat, self.kept,
+                self.loss_sum, self.n_loss)
+
+    def add(self, out: StepOutput, y: torch.Tensor) -> None:
+        """One batch: its class counts (the whole batch), and the class risks and correct counts of the
+        logits the step returned (a dropped sample adds nothing: zero risk)."""
+        self.count.index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
+        if out.kept is not None:
+            self.kept += out.kept.sum()
+            self.has_kept = True
+        if out.loss is None:
+            return
+        n = len(out.labels) if out.labels is not None else len(y)  # the samples the loss is a mean over
+        self.loss_sum += out.loss.detach().double() * (out.loss_scale if out.loss_scale is not None else n)
+        self.n_loss += n
+        for z, risk, correct, kind in ((out.adv_logits, self.risk_adv, self.correct_adv, "adv"),
+                                       (out.nat_logits, self.risk_nat, self.correct_nat, "nat")):
+            if z is not None:
+                z = z.detach().float()
+                risk.index_add_(0, out.labels, F.cross_entropy(z, out.labels, reduction="none").double())
+                correct.index_add_(0, out.labels, (z.argmax(1) == out.labels).double())
+                setattr(self, f"has_{kind}", True)
 
 
 def zero_loss_fn(raw: nn.Module, fwd):
@@ -337,34 +363,31 @@ def zero_loss_fn(raw: nn.Module, fwd):
     return zero_loss
 
 
-def apply_step(out, y, opt, totals: EpochTotals) -> None:
-    """Backward, optimiser step and the device-side bookkeeping of one batch (no host reads).
-    out.loss None: no process learns from this batch, so no step is taken (as on every process)."""
-    totals.count.index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
-    if out.kept is not None:
-        totals.kept += out.kept.sum()
-        totals.has_kept = True
-    loss = out.loss
-    if loss is None:
-        return
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    n = len(out.risk_y) if out.risk_y is not None else len(y)  # the samples the loss is a mean over
-    totals.loss_sum += loss.detach().double() * (out.loss_scale if out.loss_scale is not None else n)
-    totals.n_loss += n
-    if out.ce_adv is not None:
-        totals.risk_adv.index_add_(0, out.risk_y, out.ce_adv.double())
-        totals.has_adv = True
-    if out.ce_nat is not None:
-        totals.risk_nat.index_add_(0, out.risk_y, out.ce_nat.double())
-        totals.has_nat = True
+def train_step(method: Method, x: torch.Tensor, y: torch.Tensor, ctx: StepContext, opt, totals: EpochTotals,
+               check=None) -> tuple[StepOutput, float | None]:
+    """One training step, top to bottom: the method's loss for the batch, backward, the optimiser step,
+    the device-side bookkeeping. Nothing here waits for the device except, when check is given, the one
+    read of the loss value, which check(value) may refuse (raise) before any weight moves; the value is
+    returned (with the step's output) for the progress bar. A loss of None: no process learns from this
+    batch, so none steps."""
+    out = method.step(x, y, ctx)
+    value = None
+    if check is not None and out.loss is not None:
+        value = out.loss.item()
+        check(value)
+    if out.loss is not None:
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+    totals.add(out, y)
+    return out, value
 
 
 def _train_epoch(cfg, epoch, model, net, fwd, teacher, method, opt, loader, device, info, autocast,
-                 attack_dtype, C) -> dict:
+                 attack_dtype, ds) -> tuple[dict, EpochStats]:
+    C = ds.num_classes
     loader.set_epoch(epoch)
-    method.start_epoch(epoch)
+    method.before_epoch(EpochStart(epoch, model, ds.val_x, ds.val_y, device, cfg.attack.eps, cfg.attack.alpha))
     model.train()
     nb = len(loader)
     totals = EpochTotals(C, device)
@@ -382,13 +405,9 @@ def _train_epoch(cfg, epoch, model, net, fwd, teacher, method, opt, loader, devi
         lr = lr_at(cfg.optim, epoch, b, nb)
         for g in opt.param_groups:
             g["lr"] = lr
-        out = method.step(x, y, ctx)
+        check = (lambda v, b=b: _check_loss(v, cfg, epoch, b, nb)) if b % check_every == 0 or b == nb - 1 else None
+        _, value = train_step(method, x, y, ctx, opt, totals, check)
         seen += len(y)
-        value = None
-        if out.loss is not None and (b % check_every == 0 or b == nb - 1):
-            value = out.loss.item()  # the one host read: the divergence check and the progress bar share it
-            _check_loss(value, cfg, epoch, b, nb)
-        apply_step(out, y, opt, totals)
         if value is not None and cfg.progress and info.is_main and (b % max(10, check_every) == 0 or b == nb - 1):
             bar.set_postfix(loss=f"{value:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         bar.update(1)
@@ -398,14 +417,16 @@ def _train_epoch(cfg, epoch, model, net, fwd, teacher, method, opt, loader, devi
     seconds = time.perf_counter() - t0
     for t in totals.tensors():
         all_reduce_sum(t, info)
-    if isinstance(method, Distill) and method.cfg.fair_reweight:
-        method.reduce_steps(lambda t: all_reduce_sum(t, info))
     denom = totals.count.clamp_min(1)
-    r_adv = (totals.risk_adv / denom).cpu() if totals.has_adv else None
-    r_nat = (totals.risk_nat / denom).cpu() if totals.has_nat else None
-    extra = method.end_epoch(epoch, r_adv if r_adv is not None else torch.zeros(C),
-                             r_nat if r_nat is not None else torch.zeros(C),
-                             lr_factor(cfg.optim, epoch + 1), {})
+    per_class = lambda t, has: (t / denom).cpu() if has else None  # noqa: E731
+    r_adv, r_nat = per_class(totals.risk_adv, totals.has_adv), per_class(totals.risk_nat, totals.has_nat)
+    stats = EpochStats(epoch, r_adv if r_adv is not None else torch.zeros(C),
+                       r_nat if r_nat is not None else torch.zeros(C),
+                       acc_adv=per_class(totals.correct_adv, totals.has_adv),
+                       acc_nat=per_class(totals.correct_nat, totals.has_nat),
+                       lr_factor=lr_factor(cfg.optim, epoch + 1), model=model,
+                       reduce=lambda t: all_reduce_sum(t, info))
+    extra = method.after_epoch(stats)
     total = float(totals.count.sum())
     record = {"epoch": epoch, "lr": lr, "loss": float(totals.loss_sum / totals.n_loss.clamp_min(1)),
               "seconds": seconds, "images_per_second": total / seconds if seconds > 0 else None, "samples": total}
@@ -416,7 +437,7 @@ def _train_epoch(cfg, epoch, model, net, fwd, teacher, method, opt, loader, devi
     if totals.has_kept:
         record["kept_fraction"] = float(totals.kept) / total
     record.update(extra)
-    return record
+    return record, stats
 
 
 def _sum_all(info: DistInfo, device: torch.device):
@@ -462,8 +483,16 @@ def _validate(cfg, model, ds, device, run, meta, epoch, best) -> dict:
                 "class_acc": [float(df.loc[a, c]) for c in ds.classes]} for a in df.index}
 
 
-def _final_eval(cfg, ds, device, run, meta) -> None:
-    path = run.checkpoint_or_last(cfg.final_checkpoint)
+def _save_averaged(method: Method, run: RunDir, meta: dict, epoch: int) -> None:
+    """A method that averages weights (CFA's FAWA) has them evaluated: averaged.pt, kept up to date."""
+    avg = method.averaged_weights()
+    if avg is not None:
+        atomic_torch_save({"model": avg, "meta": {**meta, "epoch": epoch, "averaged": True}}, run.checkpoint("averaged"))
+
+
+def _final_eval(cfg, ds, device, run, meta, method: Method) -> None:
+    which = "averaged" if method.averaged_weights() is not None else cfg.final_checkpoint
+    path = run.checkpoint_or_last(which)
     model, ck_meta = model_from_checkpoint(path, device)
     ck_epoch = ck_meta.get("epoch", cfg.optim.epochs if path == run.last else None)
     df = evaluate(model, ds.test_x, ds.test_y, cfg.attack.test_attacks, classes=ds.classes, eps=cfg.attack.eps,

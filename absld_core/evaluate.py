@@ -102,15 +102,22 @@ def _attack_batch(model, spec: AttackSpec, x, y, eps, pgd_alpha, cw_alpha, aa_op
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             attacks: Sequence[str] = ("clean", "fgsm", "pgd20", "cw30"), *, classes: Sequence[str] | None = None,
-             eps: float = 8 / 255, pgd_alpha: float = 0.003, cw_alpha: float | None = None,
+             attacks: Sequence[str] | None = None, *, classes: Sequence[str] | None = None,
+             eps: float | None = None, pgd_alpha: float | None = None, cw_alpha: float | None = None,
              batch_size: int = 256, device: str | torch.device | None = None, amp_dtype=None,
              aa_opts: dict | None = None, progress: bool = True, seed: int | None = 0) -> pd.DataFrame:
     """Class-wise accuracy under each attack. x: uint8 or float [0,1] images; y: int64 labels.
 
-    pgd_alpha: PGD step (0.003 as in ABSLD/RSLAD; HAM uses eps/4); cw_alpha defaults to pgd_alpha.
+    attacks, eps, pgd_alpha: None takes the defaults of config.AttackConfig (test_attacks, eps 8/255,
+    eval_alpha 0.003 as in ABSLD/RSLAD; HAM uses eps/4); cw_alpha defaults to pgd_alpha.
     aa_opts: extra arguments for attacks.autoattack (n_iter, n_queries, batch_size).
     """
+    from .config import AttackConfig
+
+    default = AttackConfig()
+    attacks = default.test_attacks if attacks is None else attacks
+    eps = default.eps if eps is None else eps
+    pgd_alpha = default.eval_alpha if pgd_alpha is None else pgd_alpha
     specs = [parse_attack(a) for a in attacks]
     if not specs:
         raise ValueError("attacks must name at least one of clean, fgsm, pgdN, cwN, aa")

@@ -12,8 +12,12 @@ import pandas as pd
 from .evaluate import SUMMARY_COLUMNS
 from .runs import RunDir, load_run
 
-STUDENT_METHODS = ("pgd_at", "trades", "rslad", "absld", "ham", "absld_ham")
-DISTILL = ("rslad", "absld", "absld_ham")
+
+
+def student_methods() -> list[str]:
+    """The methods the study compares: every registered method that joins it (the registry's list)."""
+    from .methods import registry
+    return registry.student_names()
 
 
 def run_or_resume(cfg: dict, log=print) -> Path:
@@ -33,23 +37,30 @@ def run_or_resume(cfg: dict, log=print) -> Path:
     return train({**cfg, "resume": True, "overwrite": False})
 
 
-def student_configs(base: dict, teacher_dir: str | Path, methods: Iterable[str] = STUDENT_METHODS,
+def student_configs(base: dict, teacher_dir: str | Path, methods: Iterable[str] | None = None,
                     method_options: dict | None = None) -> dict[str, dict]:
-    """One config per student method, identical but for the method (and its teacher)."""
+    """One config per student method (None: every student method of the registry), identical but for
+    the method (and its teacher). Options in base's `method` go to each method that has them."""
+    from dataclasses import fields
+
+    from .methods import registry
+
     out = {}
-    for m in methods:
+    for m in (student_methods() if methods is None else methods):
+        cls = registry.get(m)
         cfg = copy.deepcopy(base)
         method = {"name": m, **copy.deepcopy((method_options or {}).get(m, {}))}
-        if m in DISTILL:
+        if cls.needs_teacher:
             method["teacher"] = {"checkpoint": str(teacher_dir)}
-        shared = {k: v for k, v in cfg.get("method", {}).items() if k not in ("name", "teacher")}
+        own = {f.name for f in fields(cls.options_class)}
+        shared = {k: v for k, v in cfg.get("method", {}).items() if k in own}
         cfg["method"] = {**shared, **method}
         cfg["name"] = f"{base.get('name', 'student')}-{m}"
         out[m] = cfg
     return out
 
 
-def train_students(base: dict, teacher_dir: str | Path, methods: Iterable[str] = STUDENT_METHODS,
+def train_students(base: dict, teacher_dir: str | Path, methods: Iterable[str] | None = None,
                    method_options: dict | None = None) -> dict[str, Path]:
     return {m: run_or_resume(c) for m, c in student_configs(base, teacher_dir, methods, method_options).items()}
 

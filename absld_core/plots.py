@@ -62,7 +62,7 @@ def temperature_trajectories(history: pd.DataFrame, classes: Sequence[str], titl
     _style()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
     colors = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
-    for ax, key, name in ((axes[0], "tau_adv", "adversarial"), (axes[1], "tau_nat", "natural")):
+    for ax, key, name in ((axes[0], "tau_adv", "adversarial"), (axes[1], "tau_nat", "clean")):
         if key not in history:
             ax.set_visible(False)
             continue
@@ -114,7 +114,7 @@ def schedule_plot(tau_adv: np.ndarray, tau_nat: np.ndarray, classes: Sequence[st
     _style()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
     colors = plt.get_cmap("tab10")
-    for ax, tau, name in ((axes[0], tau_adv, "adversarial"), (axes[1], tau_nat, "natural")):
+    for ax, tau, name in ((axes[0], tau_adv, "adversarial"), (axes[1], tau_nat, "clean")):
         for c, cls in enumerate(classes):
             ax.plot(np.arange(len(tau)), tau[:, c], color=colors(c % 10), label=cls)
         ax.set(title=f"{title}: {name}", xlabel="epoch", ylabel="temperature")

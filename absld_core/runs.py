@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - not POSIX: runs are not locked
 
 # what a run directory holds; nothing else is ever deleted by overwrite
 RUN_FILES = ("config.json", "history.jsonl", "status.json", "last.pt", "best.pt", "fair_best.pt",
-             "metrics.json", "metrics.csv", "run.lock")
+             "averaged.pt", "metrics.json", "metrics.csv", "run.lock")
 _TEMP = re.compile(r"^(" + "|".join(re.escape(f) for f in RUN_FILES) + r").*\.tmp$")
 
 
@@ -83,7 +83,7 @@ class RunDir:
         return self.path / f"{which}.pt"
 
     def checkpoint_or_last(self, which: str) -> Path | None:
-        """The run's `which` checkpoint (fair_best, best, last), else its last.pt, else None."""
+        """The run's `which` checkpoint (fair_best, best, last, averaged), else its last.pt, else None."""
         for cand in (self.checkpoint(which), self.last):
             if cand.is_file():
                 return cand

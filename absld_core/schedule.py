@@ -8,14 +8,14 @@ def lr_factor(cfg: OptimConfig, epoch: int) -> float:
     """Multiplier of the base lr during 1-based `epoch`, warm-up excluded.
 
     paper300: x0.1 after 215, 260 and 285 of 300 epochs (scaled to cfg.epochs);
-    ham: /10, /100, /200 from the epochs int(0.5 n), int(0.75 n), int(0.917 n) on (at least epoch 2), as
+    ham120: /10, /100, /200 from the epochs int(0.5 n), int(0.75 n), int(0.917 n) on (at least epoch 2), as
     the HAM release: 60, 90 and 110 of 120; milestones: gamma after each."""
     e, n = epoch, cfg.epochs
     if cfg.schedule == "constant":
         return 1.0
     if cfg.schedule == "paper300":
         return 0.1 ** sum(e > m * n / 300 for m in (215, 260, 285))
-    if cfg.schedule == "ham":
+    if cfg.schedule == "ham120":
         f = 1.0
         for frac, div in ((0.5, 10), (0.75, 100), (0.917, 200)):
             if e >= max(2, int(frac * n)):

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from .experiments import class_table, run_or_resume
+from .methods.absld import ABSLD
+from .methods.pgd_at import PGDAT
 from .runs import load_run
 
 
@@ -78,10 +80,10 @@ def train_pairs(base: dict, reference: str | Path, p: Plan) -> dict[str, Path]:
         return {**base, "name": name, "method": method}
 
     teacher = {"checkpoint": str(reference)}
-    kd = lambda tau: {"name": "absld", "teacher": teacher, "schedule": "fixed",  # noqa: E731
+    kd = lambda tau: {"name": ABSLD.name, "teacher": teacher, "temperature_schedule": "fixed",  # noqa: E731
                       "tau_init_adv": [float(t) for t in np.broadcast_to(tau, (len(p.classes),))],
                       "tau_init_nat": [float(t) for t in np.broadcast_to(tau, (len(p.classes),))]}
-    ls = lambda s: {"name": "pgd_at",  # noqa: E731
+    ls = lambda s: {"name": PGDAT.name,  # noqa: E731
                     "label_smoothing": [float(v) for v in np.broadcast_to(s, (len(p.classes),))]}
     return {"SSD (temperature)": run_or_resume(cfg("ssd-kd", kd(p.tau_ssd))),
             "DSD (temperature)": run_or_resume(cfg("dsd-kd", kd(p.tau_dsd))),

@@ -38,7 +38,7 @@ class StudyError(ValueError):
 PARAM_NAMES = ("preset", "run_root", "figure_dir", "dataset", "data_root", "train_per_class", "val_per_class",
                "test_per_class", "augment", "pad", "arch", "width", "teacher_arch", "teacher_width", "epochs",
                "teacher_epochs", "teacher_method", "teacher_checkpoint", "batch_size", "lr", "lr_schedule",
-               "eps_255", "alpha_255", "steps", "eval_alpha", "test_attacks", "val_attacks", "device", "seed",
+               "eps_255", "alpha_255", "steps", "eval_alpha_255", "test_attacks", "val_attacks", "device", "seed",
                "eval_every", "precision", "aa_iters", "selection")
 
 
@@ -47,7 +47,11 @@ def base_config(p: dict, name: str, method: dict, **over) -> dict:
     nested fields, `optim__epochs=3` for optim.epochs."""
     from .config import apply_overrides
 
+    from .config import AttackConfig
+
+    d = AttackConfig()  # the one place of the attack defaults
     attacks = lambda s: [a.strip() for a in str(s).split(",") if a.strip()]  # noqa: E731
+    per255 = lambda key, default: float(p[key]) / 255 if p.get(key) is not None else default  # noqa: E731
     cfg = {
         "name": name, "out_dir": p["run_root"], "seed": int(p.get("seed", 0)), "device": p.get("device", "cpu"),
         "precision": p.get("precision", "auto"), "eval_every": int(p.get("eval_every", 1)), "progress": True,
@@ -56,10 +60,10 @@ def base_config(p: dict, name: str, method: dict, **over) -> dict:
                  "val_per_class": int(p.get("val_per_class", 20)), "test_per_class": p.get("test_per_class"),
                  "augment": bool(p.get("augment", True)), "pad": int(p.get("pad", 4))},
         "model": {"arch": p.get("arch", "small_cnn"), "width": p.get("width")},
-        "attack": {"eps": float(p.get("eps_255", 8)) / 255, "alpha": float(p.get("alpha_255", 2)) / 255,
-                   "steps": int(p.get("steps", 10)), "eval_alpha": float(p.get("eval_alpha", 0.003)),
-                   "val_attacks": attacks(p.get("val_attacks", "clean,pgd10")),
-                   "test_attacks": attacks(p.get("test_attacks", "clean,fgsm,pgd20,cw30")),
+        "attack": {"eps": per255("eps_255", d.eps), "alpha": per255("alpha_255", d.alpha),
+                   "steps": int(p.get("steps", d.steps)), "eval_alpha": per255("eval_alpha_255", d.eval_alpha),
+                   "val_attacks": attacks(p.get("val_attacks", ",".join(d.val_attacks))),
+                   "test_attacks": attacks(p.get("test_attacks", ",".join(d.test_attacks))),
                    "aa_iters": p.get("aa_iters")},
         "method": method,
         "optim": {"epochs": int(p["epochs"]), "batch_size": int(p.get("batch_size", 128)), "lr": float(p.get("lr", 0.1)),
@@ -160,9 +164,9 @@ def _check_training_params(nb: str, p: dict) -> None:
     if "epochs" not in p or "dataset" not in p:
         return
     try:
-        TrainConfig.from_dict(base_config(p, "check", {"name": "pgd_at"}))
+        TrainConfig.from_dict(base_config(p, "check", {}))
         if p.get("teacher_epochs") is not None:
-            TrainConfig.from_dict(base_config({**p, "epochs": p["teacher_epochs"]}, "check", {"name": "pgd_at"}))
+            TrainConfig.from_dict(base_config({**p, "epochs": p["teacher_epochs"]}, "check", {}))
     except (ConfigError, TypeError, ValueError) as e:
         raise StudyError(f"invalid parameter for notebook {nb}: {e}") from e
 

@@ -42,7 +42,7 @@ class Explorer:
         teacher = load_teacher(self.cfg, ds.num_classes, torch.device(device), ds.image_shape[0])
         with torch.no_grad():
             self.teacher_logits = teacher(self.images.to(device)).cpu()
-        m = self.cfg.method
+        m = self.cfg.method.options
         from .schedule import lr_factor, milestone_epochs
         E = len(self.risk_adv)
         factors = tuple(lr_factor(self.cfg.optim, e + 1) if m.eta_follows_lr else 1.0 for e in range(1, E + 1))
@@ -78,7 +78,7 @@ class Explorer:
         cfg["overwrite"], cfg["resume"], cfg["stop_after"] = True, False, None
         cfg["model"]["init_checkpoint"] = str(self.run_dir / "last.pt")
         # the schedule's end state, held fixed (a one-row table); already the product when coupled
-        cfg["method"].update(schedule="table", tau_table_adv=[[float(t) for t in ta[-1]]],
+        cfg["method"].update(temperature_schedule="table", tau_table_adv=[[float(t) for t in ta[-1]]],
                              tau_table_nat=[[float(t) for t in tn[-1]]], coupled_temperatures=False)
         cfg["optim"].update(epochs=epochs, milestones=(), schedule="constant",
                             lr=float(self.history["lr"].iloc[-1]))

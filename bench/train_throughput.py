@@ -8,9 +8,9 @@
 vectorised class bookkeeping; the engine's precision (auto by default: bf16 training and training
 attacks where the device has native bf16) and memory format; compile as asked). "Reference" is an ABSLD step
 written the way the released script works: a DataLoader with per-sample CPU transforms, fp32, default
-memory format, per-sample Python loops for the class temperatures and the class risks. Before timing,
-both compute the loss of one fixed batch from the same weights and random state, and the script
-asserts they agree. Results (images/s, seconds per 50,000-image epoch, peak memory, the ratio, the
+memory format, per-sample Python loops for the class temperatures and the class risks
+(tests/reference_absld.py; tests/test_reference_step.py checks on every `make test` that it and the
+engine's ABSLD step compute the same loss). This script only times. Results (images/s, seconds per 50,000-image epoch, peak memory, the ratio, the
 machine) go to bench/results/train_throughput_<device>_<student>.json.
 """
 from __future__ import annotations
@@ -21,80 +21,27 @@ import json
 import resource
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))  # the reference-style step lives with its equivalence test
 from machine import machine_info  # noqa: E402
+from reference_absld import ALPHA, EPS, K, CpuTransformDataset, reference_step  # noqa: E402
 
 from absld_core.config import TrainConfig  # noqa: E402
 from absld_core.data import BatchIterator  # noqa: E402
 from absld_core.distributed import DistInfo  # noqa: E402
 from absld_core.engine import MultiView, _train_epoch, make_optimizer  # noqa: E402
 from absld_core.precision import resolve  # noqa: E402
-from absld_core.methods import StepContext, build_method  # noqa: E402
+from absld_core.methods import build_method, registry  # noqa: E402
 from absld_core.models import build_model  # noqa: E402
 
-EPS, ALPHA, K = 8 / 255, 2 / 255, 10
-
-
-# ----------------------------------------------------------------------------- the reference-style step
-class CpuTransformDataset(torch.utils.data.Dataset):
-    """Per-sample random crop (pad 4) and flip on the CPU, as torchvision transforms would do."""
-
-    def __init__(self, x_uint8_nhwc: np.ndarray, y: np.ndarray, seed: int = 0):
-        self.x, self.y, self.rng = x_uint8_nhwc, y, np.random.default_rng(seed)
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        img = np.pad(self.x[i], ((4, 4), (4, 4), (0, 0)))
-        a, b = self.rng.integers(0, 9, 2)
-        img = img[a:a + 32, b:b + 32]
-        if self.rng.random() < 0.5:
-            img = img[:, ::-1]
-        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float() / 255, int(self.y[i])
-
-
-def kd_release(b, a_logits):
-    return (b * (torch.log(b + 1e-5) - F.log_softmax(a_logits, 1))).mean()
-
-
-def reference_step(student, teacher, opt, x, y, tau_adv, tau_nat, risk_adv, risk_nat):
-    """One ABSLD step written like the release: loops over samples for temperatures and risks."""
-    with torch.no_grad():
-        t_logits = teacher(x)
-    adv_logits, nat_logits = t_logits.clone(), t_logits.clone()
-    for i in range(len(y)):
-        adv_logits[i] = adv_logits[i] / tau_adv[int(y[i])]
-        nat_logits[i] = nat_logits[i] / tau_nat[int(y[i])]
-    p_adv, p_nat = F.softmax(adv_logits, 1), F.softmax(nat_logits, 1)
-    student.eval()
-    x_adv = x.detach() + 0.001 * torch.randn_like(x)
-    for _ in range(K):
-        x_adv.requires_grad_(True)
-        loss_kl = F.kl_div(F.log_softmax(student(x_adv), 1), p_adv, reduction="sum")
-        grad = torch.autograd.grad(loss_kl, [x_adv])[0]
-        x_adv = x_adv.detach() + ALPHA * torch.sign(grad.detach())
-        x_adv = torch.min(torch.max(x_adv, x - EPS), x + EPS).clamp(0.0, 1.0)
-    student.train()
-    z_adv = student(x_adv.detach())
-    z_nat = student(x)
-    loss = 5 / 6 * kd_release(p_adv, z_adv) + 1 / 6 * kd_release(p_nat, z_nat)
-    ce_adv = F.cross_entropy(z_adv, y, reduction="none")
-    ce_nat = F.cross_entropy(z_nat, y, reduction="none")
-    for i in range(len(y)):
-        risk_adv[int(y[i])] += ce_adv[i].item()
-        risk_nat[int(y[i])] += ce_nat[i].item()
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return loss
+REFERENCE = "absld"  # the method the reference-style step implements
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -115,6 +62,8 @@ def reset_peak(device):
 
 
 def config(args, method: str) -> TrainConfig:
+    cls = registry.get(method)
+    own = {f.name for f in fields(cls.options_class)}
     return TrainConfig.from_dict({
         "name": "bench", "device": args.device, "precision": args.precision,
         "channels_last": {"auto": None, "on": True, "off": False}[args.channels_last],
@@ -122,8 +71,8 @@ def config(args, method: str) -> TrainConfig:
         "model": {"arch": args.student},
         "attack": {"eps": EPS, "alpha": ALPHA, "steps": K,
                    "amp_dtype": None if args.attack_precision == "auto" else args.attack_precision},
-        "method": {"name": method, "teacher": {"checkpoint": "unused"} if method in ("rslad", "absld", "absld_ham") else None,
-                   "ham_start_epoch": 1},
+        "method": {"name": method, "teacher": {"checkpoint": "unused"} if cls.needs_teacher else None,
+                   **({"ham_start_epoch": 1} if "ham_start_epoch" in own else {})},
         "optim": {"epochs": 1, "batch_size": args.batch, "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4,
                   "schedule": "constant"}})
 
@@ -134,7 +83,7 @@ def time_ours(args, method_name, student0, teacher, x, y, device) -> dict:
     mf = torch.channels_last if prec.channels_last else torch.contiguous_format
     student = copy.deepcopy(student0).to(device, memory_format=mf)
     net = torch.compile(student) if args.compile else student
-    method = build_method(cfg.method, 10, device)
+    method = build_method(cfg.method, 10, device, cfg)
     opt = make_optimizer(student, cfg.optim, device)
     autocast, attack_dtype = prec.contexts(device)
     t = teacher.to(memory_format=mf) if method.needs_teacher else None
@@ -145,8 +94,9 @@ def time_ours(args, method_name, student0, teacher, x, y, device) -> dict:
         loader = BatchIterator(x[: n * args.batch], y[: n * args.batch], args.batch, augment=True, device=device,
                                memory_format=mf, drop_last=True)
         reset_peak(device)
-        rec = _train_epoch(cfg, 1, student, net, MultiView(net), t, method, opt, loader, device, DistInfo(),
-                           autocast, attack_dtype, 10)
+        ds = SimpleNamespace(num_classes=10, val_x=None, val_y=None)
+        rec, _ = _train_epoch(cfg, 1, student, net, MultiView(net), t, method, opt, loader, device, DistInfo(),
+                              autocast, attack_dtype, ds)
         out = {"images_per_s": rec["images_per_second"], "seconds": rec["seconds"], "images": rec["samples"]}
     out["peak_memory_bytes"] = peak_memory(device)
     out["seconds_per_50k_epoch"] = 50000 / out["images_per_s"]
@@ -184,42 +134,6 @@ def time_reference(args, student0, teacher, x, y, device) -> dict:
     return out
 
 
-def check_same_loss(args, student0, teacher, x, y, device) -> dict:
-    """Both paths on one fixed batch (no augmentation), same weights and random state: same loss.
-    On a GPU, TF32 and cuDNN's algorithm search are off for the check (plain fp32, same kernels)."""
-    if device.type == "cuda":
-        saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
-                 torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
-        try:
-            return _check_same_loss(args, student0, teacher, x, y, device)
-        finally:
-            (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
-             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) = saved
-    return _check_same_loss(args, student0, teacher, x, y, device)
-
-
-def _check_same_loss(args, student0, teacher, x, y, device) -> dict:
-    xb, yb = x[: args.batch].float().div(255).to(device), y[: args.batch].to(device)
-    tau = torch.linspace(0.6, 1.8, 10)
-    s1, s2 = copy.deepcopy(student0).to(device), copy.deepcopy(student0).to(device)
-    o1 = torch.optim.SGD(s1.parameters(), lr=0.1)
-    torch.manual_seed(123)
-    ref = reference_step(s1, teacher, o1, xb, yb, tau.to(device), tau.flip(0).to(device), [0.0] * 10, [0.0] * 10).item()
-    cfg = config(argparse.Namespace(**{**vars(args), "precision": "fp32", "channels_last": "off", "compile": False,
-                                       "attack_precision": "fp32"}), "absld")
-    method = build_method(cfg.method, 10, device)
-    method.temps.adv, method.temps.nat = tau.clone(), tau.flip(0).clone()
-    s2.train()
-    ctx = StepContext(raw=s2, forward=MultiView(s2), eps=EPS, alpha=ALPHA, steps=K, epoch=1, num_classes=10,
-                      teacher=teacher)
-    torch.manual_seed(123)
-    ours = method.step(xb, yb, ctx).loss.item()
-    assert abs(ours - ref) <= 1e-5 * abs(ref) + 1e-8, f"reference loss {ref} != ours {ours}"
-    return {"reference_loss": ref, "our_loss": ours}
-
-
 def setup(args):
     """Everything a measurement needs, the same in every process: data, student init, teacher."""
     if args.threads:
@@ -240,13 +154,11 @@ def setup(args):
 
 
 def measure(args, what: str) -> dict:
-    """One measurement: 'sizes', 'check' (same loss), 'reference' or one of our methods."""
+    """One measurement: 'sizes', 'reference' or one of our methods."""
     device, x, y, student0, teacher = setup(args)
     if what == "sizes":
         return {"teacher_parameters": sum(p.numel() for p in teacher.parameters()),
                 "student_parameters": sum(p.numel() for p in student0.parameters())}
-    if what == "check":
-        return check_same_loss(args, student0, teacher, x, y, device)
     baseline = peak_memory(device)
     out = (time_reference(args, student0, teacher, x, y, device) if what == "reference"
            else time_ours(args, what, student0, teacher, x, y, device))
@@ -272,7 +184,7 @@ def main() -> int:
     ap.add_argument("--teacher", default="small_cnn")
     ap.add_argument("--teacher-width", type=int, default=None)
     ap.add_argument("--teacher-depth", type=int, default=34)
-    ap.add_argument("--methods", default="absld,rslad,ham,pgd_at")
+    ap.add_argument("--methods", default=None, help="comma list (default: every student method of the registry)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
     ap.add_argument("--warmup", type=int, default=1)
@@ -297,28 +209,26 @@ def main() -> int:
         ap.error(f"need --steps >= 1, --warmup >= 0 and --batch >= 1; got {args.steps}, {args.warmup}, {args.batch}")
     if args.ref_workers is None:
         args.ref_workers = 4 if device.type == "cuda" else 0
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = sorted(set(methods) - {"natural", "pgd_at", "trades", "rslad", "absld", "ham", "absld_ham"})
+    methods = registry.student_names() if args.methods is None else [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(registry.names()))
     if unknown:
-        ap.error(f"--methods: unknown {unknown}; choose from natural, pgd_at, trades, rslad, absld, ham, absld_ham")
+        ap.error(f"--methods: unknown {unknown}; choose from {', '.join(registry.names())}")
     result = {"what": "training steps per second, steady state (after warm-up), our engine vs a reference-style "
                       "ABSLD step", "machine": machine_info(), "settings": vars(args),
               "peak_memory": ("torch.cuda.max_memory_allocated over the timed steps" if device.type == "cuda" else
                               "peak RSS of the process that ran the path (each path in its own process)"
                               if args.isolate else "peak RSS of the whole benchmark process"),
               **run(args, "sizes")}
-    result["precision"] = resolve(config(args, "absld"), device).as_record()
-    print(f"precision (--precision {args.precision}): {resolve(config(args, 'absld'), device).describe()}", flush=True)
-    result["same_loss_check"] = run(args, "check")
-    print("same loss:", result["same_loss_check"], flush=True)
+    result["precision"] = resolve(config(args, REFERENCE), device).as_record()
+    print(f"precision (--precision {args.precision}): {resolve(config(args, REFERENCE), device).describe()}", flush=True)
     result["reference_absld"] = run(args, "reference")
     print("reference absld:", result["reference_absld"], flush=True)
     result["ours"] = {}
     for m in methods:
         result["ours"][m] = run(args, m)
         print(f"ours {m}:", result["ours"][m], flush=True)
-    if "absld" in result["ours"]:
-        result["absld_speedup_over_reference"] = (result["ours"]["absld"]["images_per_s"]
+    if REFERENCE in result["ours"]:
+        result["absld_speedup_over_reference"] = (result["ours"][REFERENCE]["images_per_s"]
                                                   / result["reference_absld"]["images_per_s"])
         print(f"ABSLD speed-up over the reference-style step: {result['absld_speedup_over_reference']:.2f}x")
     out = Path(args.out) if args.out else HERE / "results" / f"train_throughput_{device.type}_{args.student}.json"

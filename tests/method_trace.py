@@ -17,7 +17,7 @@ VARIANTS = {
     "absld": ("absld", {"eta": 0.3}, {"optim__schedule": "milestones", "optim__milestones": [1]}),
     "absld_coupled_fair": ("absld", {"eta": 0.2, "coupled_temperatures": True, "fair_reweight": True,
                                      "tau_init_adv": [1.0, 1.5, 2.0, 1.0]}, {}),
-    "absld_table": ("absld", {"schedule": "table", "tau_table_adv": [[1, 2, 3, 4], [2, 2, 2, 2]]}, {}),
+    "absld_table": ("absld", {"temperature_schedule": "table", "tau_table_adv": [[1, 2, 3, 4], [2, 2, 2, 2]]}, {}),
     "ham": ("ham", {"ham_start_epoch": 2}, {}),
     "ham_hardness": ("ham", {"ham_weighting": "hardness", "label_smoothing": 0.1}, {}),
     "absld_ham": ("absld_ham", {"eta": 0.2}, {}),
@@ -29,10 +29,15 @@ KEYS = ("loss", "class_risk_adv", "class_risk_nat", "tau_adv", "tau_nat", "eta",
 
 def trace(variant: str, out_dir, teacher_dir) -> dict:
     name, opts, over = VARIANTS[variant]
-    method = {"name": name, "ham_early_steps": 2, **opts}
+    method = {"name": name, **({"ham_early_steps": 2} if "ham" in name else {}), **opts}
     if name in ("rslad", "absld", "absld_ham"):
         method["teacher"] = {"checkpoint": str(teacher_dir)}
-    run = train(tiny(variant, name, out_dir, method=method, **over))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # recorded on one thread: the reduction order (and rounding) of every CPU kernel
+    try:
+        run = train(tiny(variant, name, out_dir, method=method, **over))
+    finally:
+        torch.set_num_threads(threads)
     hist = RunDir(run).history()
     weights = torch.load(run / "last.pt", weights_only=True)["model"]
     return {"history": [{k: h[k] for k in KEYS if k in h} for h in hist],
@@ -41,4 +46,9 @@ def trace(variant: str, out_dir, teacher_dir) -> dict:
 
 
 def teacher(out_dir):
-    return train(tiny("teacher", "natural", out_dir, optim__epochs=3))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(tiny("teacher", "natural", out_dir, optim__epochs=3))
+    finally:
+        torch.set_num_threads(threads)

@@ -112,7 +112,7 @@ def test_boundary_steps_match_prediction_trajectory(trained_digits_model, digits
     x, y = _data(digits, 64)
     eps, alpha, steps = 0.1, 0.02, 6
     torch.manual_seed(3)
-    xa, k = A.pgd_boundary_steps(m, x, y, eps, alpha, steps)
+    xa, k, _ = A.pgd_boundary_steps(m, x, y, eps, alpha, steps)
     # replay the same random start and steps one at a time with plain PGD
     torch.manual_seed(3)
     xi = A.pgd(m, x, y, eps, alpha, 0)  # only the uniform start

@@ -14,7 +14,7 @@ from absld_core import train
 from absld_core.cli import main as cli_main
 from absld_core.config import ConfigError, TrainConfig, load_config
 from absld_core.engine import NonFiniteLossError
-from absld_core.methods import REGISTRY
+from absld_core.methods import registry
 from absld_core.models import load_checkpoint
 from absld_core.runs import RunDir, RunExistsError
 from absld_core.schedule import lr_at, lr_factor, milestone_epochs
@@ -89,7 +89,7 @@ def test_existing_run_is_not_overwritten(tmp_path):
 
 
 def test_non_finite_loss_names_epoch_and_batch_and_keeps_checkpoint(tmp_path, monkeypatch):
-    base = REGISTRY["natural"]
+    base = registry.get("natural")
 
     class Exploding(base):
         def step(self, x, y, ctx):
@@ -99,7 +99,7 @@ def test_non_finite_loss_names_epoch_and_batch_and_keeps_checkpoint(tmp_path, mo
                 out.loss = out.loss * float("nan")
             return out
 
-    monkeypatch.setitem(REGISTRY, "natural", Exploding)
+    monkeypatch.setitem(registry._METHODS, "natural", Exploding)
     cfg = tiny("nan", "natural", tmp_path, optim__epochs=3)
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, batch 1 of 5"):
         train(cfg)
@@ -114,11 +114,12 @@ def test_non_finite_loss_names_epoch_and_batch_and_keeps_checkpoint(tmp_path, mo
     ({"method": {"name": "absld"}}, "distils from a teacher: set method.teacher.checkpoint"),
     ({"attack": {"eps": 8}}, r"attack.eps=8 is invalid: must lie in \(0, 1\]"),
     ({"attack": {"eps": 0}}, r"attack.eps=0 is invalid"),
-    ({"method": {"name": "pgd_at", "tau_min": 5, "tau_max": 1}}, "are inverted"),
+    ({"method": {"name": "absld", "teacher": {"checkpoint": "t"}, "tau_min": 5, "tau_max": 1}}, "are inverted"),
+    ({"method": {"name": "pgd_at", "eta": 0.1}}, "method.eta; allowed in the options of method 'pgd_at': label_smoothing"),
     ({"optim": {"epochs": 10, "schedule": "milestones", "milestones": [5, 12]}},
      r"milestone 12 must be an integer in \[1, 9\]"),
     ({"optim": {"batch_size": 0}}, "optim.batch_size=0 is invalid: must be an integer >= 1"),
-    ({"optim": {"schedule": "cosine"}}, "optim.schedule='cosine' is invalid: one of paper300, ham"),
+    ({"optim": {"schedule": "cosine"}}, "optim.schedule='cosine' is invalid: one of paper300, ham120"),
     ({"model": {"arch": "vgg"}}, "model.arch='vgg' is invalid: known models"),
     ({"data": {"dataset": "mnist"}}, "data.dataset='mnist' is invalid"),
     ({"optim": {"lr": 0.1, "momentun": 0.9}}, r"unknown field\(s\) optim.momentun"),
@@ -134,7 +135,7 @@ def test_yaml_config_and_overrides(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text(yaml.safe_dump({"name": "x", "optim": {"lr": 0.1}}))
     cfg = load_config(f, ["optim.lr=0.05", "method.name=trades", "method.beta=3", "attack.eps=0.03"])
-    assert cfg.optim.lr == 0.05 and cfg.method.name == "trades" and cfg.method.beta == 3
+    assert cfg.optim.lr == 0.05 and cfg.method.name == "trades" and cfg.method.options.beta == 3
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "none.yaml")
     with pytest.raises(ConfigError, match="must look like key.sub=value"):
@@ -151,7 +152,7 @@ def test_lr_schedules():
     p = TrainConfig.from_dict({"optim": {"epochs": 300, "lr": 0.1}}).optim
     assert milestone_epochs(p) == [215, 260, 285]
     assert lr_factor(p, 215) == 1.0 and lr_factor(p, 216) == pytest.approx(0.1) and lr_factor(p, 300) == pytest.approx(1e-3)
-    h = TrainConfig.from_dict({"optim": {"epochs": 120, "schedule": "ham"}}).optim
+    h = TrainConfig.from_dict({"optim": {"epochs": 120, "schedule": "ham120"}}).optim
     # the HAM release: the first epochs at /10, /100, /200 are 60, 90 and 110 of 120 (1-based)
     assert [lr_factor(h, e) for e in (59, 60, 89, 90, 109, 110, 120)] == [1.0, 0.1, 0.1, 0.01, 0.01, 0.005, 0.005]
     assert milestone_epochs(h) == [59, 89, 109]

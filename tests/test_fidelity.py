@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from absld_core import train
 from absld_core.cli import main as cli_main
 from absld_core.config import MethodConfig, TeacherConfig, TrainConfig, load_config
-from absld_core.engine import EpochTotals, MultiView, apply_step, validates, zero_loss_fn
+from absld_core.engine import EpochTotals, MultiView, train_step, validates, zero_loss_fn
 from absld_core.experiments import summary_table
 from absld_core.methods import StepContext, StepOutput, build_method
 from absld_core.models import build_model, load_checkpoint
@@ -36,12 +36,12 @@ def test_kd_scale_follows_the_number_of_classes_and_is_recorded(tmp_path):
                       num_classes=100, teacher=teacher)
     losses = {}
     for scale in (None, 1.0):
-        m = build_method(MethodConfig(name="rslad", teacher=TeacherConfig("x"), kd_scale=scale), 100, torch.device("cpu"))
+        m = build_method(MethodConfig.from_dict({"name": "rslad", "teacher": {"checkpoint": "x"}, "kd_scale": scale}), 100, torch.device("cpu"))
         torch.manual_seed(1)
         losses[scale] = m.step(x, y, ctx).loss.item()
         assert m.resolved() == {"kd_scale": 10.0 if scale is None else 1.0}
     assert losses[None] == pytest.approx(10 * losses[1.0], rel=1e-6)  # CIFAR-100: the release's x10
-    ten = build_method(MethodConfig(name="absld", teacher=TeacherConfig("x")), 10, torch.device("cpu"))
+    ten = build_method(MethodConfig.from_dict({"name": "absld", "teacher": {"checkpoint": "x"}}), 10, torch.device("cpu"))
     assert ten.resolved() == {"kd_scale": 1.0}
     t = train(tiny("t", "natural", tmp_path, optim__epochs=1))
     run = train(tiny("s", "rslad", tmp_path, optim__epochs=1, method={"name": "rslad", "teacher": {"checkpoint": str(t)}}))
@@ -83,16 +83,15 @@ def _ham_setup(seed=0):
 
 
 def _ham_step(model, x, y, ctx_kw):
-    cfg = MethodConfig(name="ham", ham_early_steps=1, ham_start_epoch=1)
+    cfg = MethodConfig.from_dict({"name": "ham", "ham_early_steps": 1, "ham_start_epoch": 1})
     method = build_method(cfg, 4, torch.device("cpu"))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     totals = EpochTotals(4, torch.device("cpu"))
     model.train()
     # a negligible radius: each process draws its own random start, so only then are the adversarial
     # images (nearly) those of one process; the classifier's bias decides which examples are hard
-    out = method.step(x, y, StepContext(raw=model, eps=1e-6, alpha=1e-6, steps=3, epoch=1, num_classes=4,
-                                        **ctx_kw))
-    apply_step(out, y, opt, totals)
+    out, _ = train_step(method, x, y, StepContext(raw=model, eps=1e-6, alpha=1e-6, steps=3, epoch=1, num_classes=4,
+                                                  **ctx_kw), opt, totals)
     return out, opt, totals
 
 
@@ -166,7 +165,7 @@ def test_ham_logs_the_mean_loss_over_the_examples_it_trained_on():
     y = torch.zeros(10, dtype=torch.long)
     # two batches of 10: a loss of 1 averaged over 2 hard examples, a loss of 4 averaged over 8
     for loss, n in ((1.0, 2), (4.0, 8)):
-        apply_step(StepOutput(w + loss, y[:n], torch.zeros(n), None), y, opt, totals)
+        totals.add(StepOutput(w + loss, y[:n], adv_logits=torch.zeros(n, 2)), y)
     assert float(totals.loss_sum / totals.n_loss) == pytest.approx((1 * 2 + 4 * 8) / 10)
 
 

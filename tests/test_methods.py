@@ -7,14 +7,22 @@ import torch
 import torch.nn.functional as F
 
 from absld_core import train
-from absld_core.config import MethodConfig, TeacherConfig
-from absld_core.methods import (HAM, ABSLD, StepContext, absld_update, fair_ard_weights, hardness_weights,
-                                kd_per_sample, smoothed_targets)
-from absld_core.methods.baselines import Natural
+from absld_core.config import MethodConfig
+from absld_core.methods import StepContext, build_method, registry
+from absld_core.methods.base import kd_per_sample, smoothed_targets
+from absld_core.methods.distill import fair_ard_weights
+from absld_core.methods.ham import hardness_weights
+from absld_core.methods.temperature import absld_update
 from absld_core.models import build_model
 from absld_core.runs import RunDir
 from absld_core import attacks as A
 from train_helpers import tiny
+
+
+def make(name, num_classes, **options):
+    """A method object from its registered name and options (a teacher path where it needs one)."""
+    teacher = {"teacher": {"checkpoint": "x"}} if registry.get(name).needs_teacher else {}
+    return build_method(MethodConfig.from_dict({"name": name, **teacher, **options}), num_classes, torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -24,23 +32,24 @@ def teacher_dir(tmp_path_factory):
 
 
 def _teacher(teacher_dir, **m):
-    return {"name": m.pop("name", "absld"), "teacher": {"checkpoint": str(teacher_dir)}, "ham_early_steps": 2, **m}
+    name = m.pop("name", "absld")
+    return {"name": name, "teacher": {"checkpoint": str(teacher_dir)}, **tiny("x", name, ".")["method"], **m}
 
 
-@pytest.mark.parametrize("method", ["natural", "pgd_at", "trades", "rslad", "absld", "ham", "absld_ham"])
+@pytest.mark.parametrize("method", registry.names())
 def test_every_method_trains_and_records(method, teacher_dir, tmp_path):
-    m = (_teacher(teacher_dir, name=method) if method in ("rslad", "absld", "absld_ham")
-         else {"name": method, "ham_early_steps": 2})
+    m = tiny(method, method, tmp_path)["method"]
+    if registry.get(method).needs_teacher:
+        m["teacher"] = {"checkpoint": str(teacher_dir)}
     run = train(tiny(method, method, tmp_path, method=m, optim__epochs=1))
     hist = RunDir(run).history()
     assert len(hist) == 1 and hist[0]["epoch"] == 1
     for key in ("lr", "loss", "seconds", "images_per_second"):
         assert np.isfinite(hist[0][key]), key
-    if method in ("rslad", "absld", "absld_ham"):
-        for key in ("class_risk_adv", "class_risk_nat", "tau_adv", "tau_nat"):
-            assert len(hist[0][key]) == 4, key
-    if method in ("ham", "absld_ham"):
-        assert 0.0 <= hist[0]["kept_fraction"] <= 1.0
+    for key in ("class_risk_adv", "class_risk_nat", "tau_adv", "tau_nat"):
+        assert key not in hist[0] or len(hist[0][key]) == 4, key
+    assert "class_risk_adv" in hist[0] or "class_risk_nat" in hist[0]
+    assert 0.0 <= hist[0].get("kept_fraction", 0.0) <= 1.0
     assert set(hist[0]["val"]) == {"clean", "pgd3"}
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["rows"]) == {"clean", "pgd5"}
@@ -83,16 +92,14 @@ def _ctx(model, teacher=None, epoch=2, steps=4):
 def test_coupled_temperatures_use_the_product():
     torch.manual_seed(0)
     teacher = build_model("small_cnn", 4, width=4).eval()
-    cfg = MethodConfig(name="absld", teacher=TeacherConfig("x"), coupled_temperatures=True,
-                       tau_init_adv=[0.5, 1.0, 2.0, 4.0], tau_init_nat=[3.0, 2.0, 1.0, 0.5])
-    m = ABSLD(cfg, 4, torch.device("cpu"))
+    m = make("absld", 4, coupled_temperatures=True, tau_init_adv=[0.5, 1.0, 2.0, 4.0],
+             tau_init_nat=[3.0, 2.0, 1.0, 0.5])
     x, y = torch.rand(8, 3, 8, 8), torch.tensor([0, 1, 2, 3] * 2)
     p_adv, p_nat = m.teacher_targets(x, y, _ctx(teacher, teacher))
     z = teacher(x)
     t = torch.tensor([0.5 * 3.0, 1.0 * 2.0, 2.0 * 1.0, 4.0 * 0.5])[y]
     assert torch.allclose(p_adv, F.softmax(z / t[:, None], 1), atol=1e-6) and torch.allclose(p_nat, p_adv)
-    sep = ABSLD(MethodConfig(name="absld", teacher=TeacherConfig("x"), tau_init_adv=[0.5, 1.0, 2.0, 4.0],
-                             tau_init_nat=[3.0, 2.0, 1.0, 0.5]), 4, torch.device("cpu"))
+    sep = make("absld", 4, tau_init_adv=[0.5, 1.0, 2.0, 4.0], tau_init_nat=[3.0, 2.0, 1.0, 0.5])
     pa, pn = sep.teacher_targets(x, y, _ctx(teacher, teacher))
     assert torch.allclose(pa, F.softmax(z / torch.tensor([0.5, 1.0, 2.0, 4.0])[y][:, None], 1), atol=1e-6)
     assert not torch.allclose(pa, pn)
@@ -101,8 +108,7 @@ def test_coupled_temperatures_use_the_product():
 def test_ham_drops_exactly_the_examples_still_correct_after_m_steps():
     torch.manual_seed(0)
     model = build_model("small_cnn", 4, width=4)
-    cfg = MethodConfig(name="ham", ham_early_steps=2, ham_start_epoch=2)
-    ham = HAM(cfg, 4, torch.device("cpu"))
+    ham = make("ham", 4, ham_early_steps=2, ham_start_epoch=2)
     x, y = torch.rand(32, 3, 8, 8), torch.randint(0, 4, (32,))
     torch.manual_seed(7)
     out = ham.step(x, y, _ctx(model, epoch=2))
@@ -112,9 +118,9 @@ def test_ham_drops_exactly_the_examples_still_correct_after_m_steps():
     model.train()
     assert torch.equal(out.kept, ~still_correct)
     assert 0 < out.kept.sum() < 32
-    assert torch.equal(out.risk_y, y[out.kept]) and out.ce_adv.shape == (int(out.kept.sum()),)
+    assert torch.equal(out.labels, y[out.kept]) and out.adv_logits.shape == (int(out.kept.sum()), 4)
     warm = ham.step(x, y, _ctx(model, epoch=1))  # before ham_start_epoch: plain PGD-AT on the whole batch
-    assert warm.kept.all() and warm.ce_adv.shape == (32,)
+    assert warm.kept.all() and warm.adv_logits.shape == (32, 4)
 
 
 def test_ham_records_kept_fraction_per_epoch(tmp_path):
@@ -136,10 +142,10 @@ def test_class_wise_label_smoothing_targets():
     t = smoothed_targets(y, s, 3)
     expect = torch.tensor([[1, 0, 0], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]])
     assert torch.allclose(t, expect, atol=1e-6) and torch.allclose(t.sum(1), torch.ones(3))
-    nat = Natural(MethodConfig(name="pgd_at", label_smoothing=[0.0, 0.3, 0.9]), 3, torch.device("cpu"))
+    nat = make("pgd_at", 3, label_smoothing=[0.0, 0.3, 0.9])
     assert torch.allclose(nat.targets(y), expect, atol=1e-6)
     with pytest.raises(ValueError, match="one per class"):
-        Natural(MethodConfig(name="natural", label_smoothing=[0.1, 0.2]), 3, torch.device("cpu"))
+        make("natural", 3, label_smoothing=[0.1, 0.2])
 
 
 def test_kd_term_matches_release_formula():
@@ -163,11 +169,11 @@ def test_absld_update_rule_and_fair_ard_weights():
 
 
 def test_fixed_table_and_function_schedules(teacher_dir, tmp_path):
-    fixed = train(tiny("f", "absld", tmp_path, method=_teacher(teacher_dir, schedule="fixed",
+    fixed = train(tiny("f", "absld", tmp_path, method=_teacher(teacher_dir, temperature_schedule="fixed",
                                                                tau_init_adv=[0.5, 1, 2, 3])))
     assert all(r["tau_adv"] == [0.5, 1, 2, 3] for r in RunDir(fixed).history())
     table = [[1, 1, 1, 1], [0.5, 0.6, 0.7, 0.8], [2, 2, 2, 2]]
-    tab = train(tiny("t", "absld", tmp_path, method=_teacher(teacher_dir, schedule="table", tau_table_adv=table)))
+    tab = train(tiny("t", "absld", tmp_path, method=_teacher(teacher_dir, temperature_schedule="table", tau_table_adv=table)))
     h = RunDir(tab).history()
     assert np.allclose(h[0]["tau_adv"], table[1]) and np.allclose(h[1]["tau_adv"], table[2])
     seen = []
@@ -176,7 +182,7 @@ def test_fixed_table_and_function_schedules(teacher_dir, tmp_path):
         seen.append((epoch, risk_adv.clone()))
         return tau_adv * 0.9, tau_nat + (risk_nat > risk_nat.mean()).float()
 
-    fn = train(tiny("fn", "absld", tmp_path, method=_teacher(teacher_dir, schedule="function", tau_function=f)))
+    fn = train(tiny("fn", "absld", tmp_path, method=_teacher(teacher_dir, temperature_schedule="function", tau_function=f)))
     h = RunDir(fn).history()
     assert [s[0] for s in seen] == [1, 2]
     assert np.allclose(seen[1][1].numpy(), h[1]["class_risk_adv"])
@@ -188,4 +194,4 @@ def test_fair_reweight_records_class_weights(teacher_dir, tmp_path):
     h = RunDir(run).history()
     w = np.asarray(h[0]["class_weights"])
     assert w.shape == (4,) and (w >= 5 / 6 - 1e-6).all() and (w <= 2.5 + 1e-6).all()
-    assert all(r["tau_adv"] == [1.0] * 4 for r in h)  # RSLAD keeps temperature 1
+    assert all("tau_adv" not in r for r in h)  # RSLAD has no temperatures (the teacher's at 1)

@@ -14,8 +14,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from absld_core.config import TrainConfig
 from absld_core.data import BatchIterator, augment_batch
-from absld_core.engine import EpochTotals, MultiView, apply_step, zero_loss_fn
-from absld_core.methods import StepContext, build_method
+from absld_core.engine import EpochTotals, MultiView, train_step, zero_loss_fn
+from absld_core.methods import EpochStats, StepContext, build_method, registry
 from absld_core.methods.base import DeviceMirror
 from absld_core.models import build_model
 
@@ -66,7 +66,7 @@ class SyncSpy(TorchDispatchMode):
 
 
 def _method_and_context(name: str, **method):
-    teacher = {"checkpoint": "unused"} if name in ("rslad", "absld", "absld_ham") else None
+    teacher = {"checkpoint": "unused"} if registry.get(name).needs_teacher else None
     cfg = TrainConfig.from_dict({"name": "sync", "method": {"name": name, "teacher": teacher, **method}})
     torch.manual_seed(0)
     student = build_model("small_cnn", 10).to(META)
@@ -80,8 +80,7 @@ def _method_and_context(name: str, **method):
 def _run_step(method, ctx, opt, totals, x, y) -> list[str]:
     """The engine's per-batch work (method step, loss, backward, optimiser, bookkeeping), spied on."""
     with SyncSpy() as spy:
-        out = method.step(x, y, ctx)
-        apply_step(out, y, opt, totals)
+        train_step(method, x, y, ctx, opt, totals)
     return spy.events
 
 
@@ -109,7 +108,7 @@ def test_the_spy_sees_what_synchronises():
 
 @pytest.mark.parametrize("name,method", [
     ("natural", {}), ("pgd_at", {"label_smoothing": 0.1}), ("trades", {}), ("rslad", {}), ("absld", {}),
-    ("absld", {"fair_reweight": True}), ("absld", {"schedule": "fixed", "tau_init_adv": [1.0] * 9 + [2.0]}),
+    ("absld", {"fair_reweight": True}), ("absld", {"temperature_schedule": "fixed", "tau_init_adv": [1.0] * 9 + [2.0]}),
 ])
 def test_steps_do_not_synchronise(name, method):
     m, ctx, opt = _method_and_context(name, **method)
@@ -127,7 +126,7 @@ def test_new_temperatures_go_to_the_device_once_per_epoch():
     totals = EpochTotals(10, META)
     x, y = _batch()
     _run_step(m, ctx, opt, totals, x, y)
-    m.end_epoch(1, torch.linspace(0.5, 2.0, 10), torch.linspace(2.0, 0.5, 10), 1.0, {})
+    m.after_epoch(EpochStats(1, torch.linspace(0.5, 2.0, 10), torch.linspace(2.0, 0.5, 10)))
     after = _run_step(m, ctx, opt, totals, x, y)
     assert after == ["copy to meta (_to_copy)"] * 2, after
     assert _run_step(m, ctx, opt, totals, x, y) == []

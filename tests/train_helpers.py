@@ -4,6 +4,14 @@ import copy
 from absld_core.config import apply_overrides
 
 
+def _early_steps(method_name):
+    """M = 2 (of K = 4) for the methods with early dropping."""
+    from dataclasses import fields
+    from absld_core.methods import registry
+    own = {f.name for f in fields(registry.get(method_name).options_class)}
+    return {"ham_early_steps": 2} if "ham_early_steps" in own else {}
+
+
 def tiny(name, method_name, out_dir, **over):
     cfg = {
         "name": name, "out_dir": str(out_dir), "progress": False, "seed": 0,
@@ -13,7 +21,7 @@ def tiny(name, method_name, out_dir, **over):
         "model": {"arch": "small_cnn", "width": 4},
         "attack": {"eps": 8 / 255, "alpha": 2 / 255, "steps": 4, "val_attacks": ["clean", "pgd3"],
                    "test_attacks": ["clean", "pgd5"]},
-        "method": {"name": method_name, "ham_early_steps": 2},
+        "method": {"name": method_name, **_early_steps(method_name)},
         "optim": {"epochs": 2, "batch_size": 16, "lr": 0.05, "schedule": "constant"},
     }
     return apply_overrides(cfg, {k.replace("__", "."): copy.deepcopy(v) for k, v in over.items()})

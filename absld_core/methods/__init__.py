@@ -1,21 +1,24 @@
-"""Training methods: each a small unit supplying its loss and per-epoch bookkeeping to the engine."""
+"""Training methods: each one module that registers itself (see registry.py and README "Adding a method").
+
+Importing the package imports every module in it, so a new method file needs no other change."""
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 import torch
 
-from ..config import MethodConfig
-from .base import Method, StepContext, StepOutput, kd_per_sample, smoothed_targets, soft_ce
-from .baselines import TRADES, PGDAT, Natural
-from .distill import ABSLD, RSLAD, Distill, fair_ard_weights
-from .ham import ABSLDHAM, HAM, hardness_weights
-from .temperature import Temperatures, absld_update
+from . import registry
+from .base import EpochStart, EpochStats, Method, Options, StepContext, StepOutput
+from .registry import register
 
-REGISTRY = {"natural": Natural, "pgd_at": PGDAT, "trades": TRADES, "rslad": RSLAD, "absld": ABSLD,
-            "ham": HAM, "absld_ham": ABSLDHAM}
+for _m in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_m.name}")
 
-__all__ = ["build_method", "REGISTRY", "Method", "StepContext", "StepOutput", "absld_update", "Temperatures",
-           "smoothed_targets", "kd_per_sample", "soft_ce", "fair_ard_weights", "hardness_weights", "Distill"]
+__all__ = ["build_method", "registry", "register", "Method", "Options", "StepContext", "StepOutput",
+           "EpochStart", "EpochStats"]
 
 
-def build_method(cfg: MethodConfig, num_classes: int, device: torch.device) -> Method:
-    return REGISTRY[cfg.name](cfg, num_classes, device)
+def build_method(cfg, num_classes: int, device: torch.device, config=None) -> Method:
+    """The method of a MethodConfig (config: the whole TrainConfig, for methods that read the schedule)."""
+    return cfg.method_class(cfg.options, num_classes, device, config)

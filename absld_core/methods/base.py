@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import MethodConfig
 
 
 @dataclass
@@ -33,37 +32,94 @@ class StepContext:
 
 @dataclass
 class StepOutput:
-    """loss: the scalar to minimise (None: no process learns from this batch; the step is skipped).
-    risk_y / ce_adv / ce_nat: labels and per-sample CE of the train-mode student logits, for the
-    class-wise risks; kept: boolean mask of the batch samples trained on (HAM).
-    loss_scale: the loss is a sum divided by this (default: the number of risk_y labels, else the
-    batch), so that the logged epoch loss is a mean over the samples trained on."""
+    """What a step gives the engine.
+
+    loss: the scalar to minimise (None: no process learns from this batch; the step is skipped).
+    labels: the labels of the samples the loss covers (the batch's, or a subset such as HAM's hard set).
+    adv_logits / nat_logits: the train-mode student logits of those samples on the adversarial and the
+    clean images (either may be None); the engine computes the class-wise risks (cross-entropy) and
+    accuracies from them. kept: boolean mask over the batch of the samples trained on (early dropping).
+    loss_scale: the loss is a sum divided by this (default: the number of labels), so that the logged
+    epoch loss is a mean over the samples trained on."""
     loss: torch.Tensor | None
-    risk_y: torch.Tensor | None = None
-    ce_adv: torch.Tensor | None = None
-    ce_nat: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    adv_logits: torch.Tensor | None = None
+    nat_logits: torch.Tensor | None = None
     kept: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
     loss_scale: float | None = None
 
 
-class Method:
-    """A training method: a loss for a batch and per-epoch bookkeeping; the engine does the rest."""
-    needs_teacher = False
+@dataclass
+class EpochStart:
+    """What a method sees before an epoch's first batch (FRL updates its multipliers here)."""
+    epoch: int                      # 1-based
+    model: nn.Module                # the student (plain module, not the DDP wrapper)
+    val_x: torch.Tensor | None      # the validation split (uint8 images on the host) and its labels
+    val_y: torch.Tensor | None
+    device: torch.device
+    eps: float
+    alpha: float
 
-    def __init__(self, cfg: MethodConfig, num_classes: int, device: torch.device):
-        self.cfg, self.num_classes, self.device = cfg, num_classes, device
+
+@dataclass
+class EpochStats:
+    """An epoch's statistics, summed over every process: what the per-epoch hooks receive.
+
+    risk_adv / risk_nat: class-wise mean cross-entropy of the step's adversarial / clean logits
+    (zeros when the method gave none); acc_adv / acc_nat: class-wise accuracy of the same logits;
+    lr_factor: the lr multiplier of the next epoch (ABSLD decays eta with it); val: the validation table
+    ({attack: {avg, worst, worst_class, nsd, class_acc}}) when one ran, else None; reduce(t): a
+    tensor summed over the processes (identity for one)."""
+    epoch: int
+    risk_adv: torch.Tensor
+    risk_nat: torch.Tensor
+    acc_adv: torch.Tensor | None = None
+    acc_nat: torch.Tensor | None = None
+    lr_factor: float = 1.0
+    val: dict | None = None
+    model: nn.Module | None = None
+    reduce: Callable = lambda t: t
+
+
+@dataclass(frozen=True)
+class Options:
+    """Base of every method's option dataclass (what `method:` holds besides name and teacher)."""
+
+    def check_config(self, cfg) -> None:
+        """Checks against the rest of the training config (cfg: TrainConfig); raise ConfigError."""
+
+
+class Method:
+    """A training method: a loss for a batch and per-epoch hooks; the engine does the rest.
+
+    The class attributes name, options_class, needs_teacher and in_study are set by @register."""
+    name: str = ""
+    options_class: type = Options
+    needs_teacher = False
+    in_study = True
+    validate_every_epoch = False    # the after_validation hook needs a validation table every epoch
+
+    def __init__(self, cfg: Options, num_classes: int, device: torch.device, config=None):
+        """cfg: this method's options; config: the whole TrainConfig (None in unit tests)."""
+        self.cfg, self.num_classes, self.device, self.config = cfg, num_classes, device, config
 
     def step(self, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> StepOutput:
         raise NotImplementedError
 
-    def start_epoch(self, epoch: int) -> None:
-        """Called before an epoch's first batch."""
+    def before_epoch(self, start: EpochStart) -> None:
+        """Called before an epoch's first batch, on every process."""
 
-    def end_epoch(self, epoch: int, risk_adv: torch.Tensor | None, risk_nat: torch.Tensor | None,
-                  eta_factor: float, extra: dict) -> dict:
-        """Called after an epoch with the class risks (reduced over processes); returns history fields."""
+    def after_epoch(self, stats: EpochStats) -> dict:
+        """Called after an epoch (every process); returns fields for the epoch's history record."""
         return {}
+
+    def after_validation(self, stats: EpochStats) -> dict:
+        """Called on the main process after a validation ran (stats.val set); returns history fields."""
+        return {}
+
+    def averaged_weights(self) -> dict | None:
+        """A state dict to evaluate instead of the trained weights (weight averaging), or None."""
+        return None
 
     def state_dict(self) -> dict:
         return {}

@@ -1,17 +1,19 @@
-"""Robust soft-label distillation: RSLAD, and ABSLD with class-wise teacher temperatures.
+"""Robust soft-label distillation, shared by RSLAD, ABSLD and ABSLD+HAM (not a method of its own).
 
-Loss (release convention): L = w_adv * l(p_adv, s(z_S(x_adv))) + w_nat * l(p_nat, s(z_S(x))), with
-l the elementwise KD term averaged over all B*C elements, p_adv = s(z_T(x) / t_adv[y]) and
-p_nat = s(z_T(x) / t_nat[y]); x_adv maximises KL(p_adv || s(z_S)) from a Gaussian start.
+Loss (release convention): L = kd_scale * (w_adv * l(p_adv, s(z_S(x_adv))) + w_nat * l(p_nat, s(z_S(x)))),
+with l the elementwise KD term averaged over all B*C elements, p_adv = s(z_T(x) / t_adv[y]) and
+p_nat = s(z_T(x) / t_nat[y]) (RSLAD: t = 1); x_adv maximises KL(p_adv || s(z_S)) from a Gaussian start.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .. import attacks as A
-from .base import DeviceMirror, Method, StepContext, StepOutput, kd_per_sample, weighted_mean
-from .temperature import Temperatures
+from ..config import check_range
+from .base import DeviceMirror, EpochStats, Method, Options, StepContext, StepOutput, kd_per_sample, weighted_mean
 
 
 def default_kd_scale(num_classes: int) -> float:
@@ -28,26 +30,43 @@ def fair_ard_weights(mean_steps: torch.Tensor, num_classes: int) -> torch.Tensor
     return w.clamp(5 / 6, 5 / 2).float()
 
 
-class Distill(Method):
-    """ABSLD (schedule adaptive/fixed/table/function); RSLAD is the special case of temperature 1."""
-    needs_teacher = True
-    fixed_unit_temperatures = False
+@dataclass(frozen=True)
+class DistillOptions(Options):
+    adv_weight: float = 5 / 6       # weight of the adversarial KD term
+    nat_weight: float = 1 / 6       # weight of the clean KD term
+    kd_scale: float | None = None   # None: 10 for 100 classes (the RSLAD CIFAR-100 release), else 1
+    fair_reweight: bool = False     # Fair-ARD style class weights (1/k_c)^2, clamped to [5/6, 5/2]
 
-    def __init__(self, cfg, num_classes, device):
-        super().__init__(cfg, num_classes, device)
-        self.temps = Temperatures(cfg, num_classes, force_fixed=self.fixed_unit_temperatures)
+    def __post_init__(self):
+        self.check_distill()
+
+    def check_distill(self):
+        check_range("method.adv_weight", self.adv_weight, 0, float("inf"))
+        check_range("method.nat_weight", self.nat_weight, 0, float("inf"))
+        if self.kd_scale is not None:
+            check_range("method.kd_scale", self.kd_scale, 0, float("inf"), lo_open=True)
+
+
+class Distill(Method):
+    """Soft labels from the frozen teacher; subclasses set the temperatures (none: RSLAD's 1)."""
+
+    def __init__(self, cfg, num_classes, device, config=None):
+        super().__init__(cfg, num_classes, device, config)
+        self.temps = None  # Temperatures (ABSLD); None: the teacher's untempered soft labels
         self.kd_scale = cfg.kd_scale if cfg.kd_scale is not None else default_kd_scale(num_classes)
         self.class_weights = torch.ones(num_classes)
         self._weights_dev = DeviceMirror()
         self._steps_sum = torch.zeros(num_classes, dtype=torch.float64, device=device)
         self._steps_cnt = torch.zeros(num_classes, dtype=torch.float64, device=device)
-        self.last_eta = None
 
     # ------------------------------------------------------------------ targets and loss
     def teacher_targets(self, x: torch.Tensor, y: torch.Tensor, ctx: StepContext):
         with torch.inference_mode():
             z_t = ctx.teacher(x).float()
         z_t = z_t.clone()  # a normal tensor, usable as a constant in the autograd graph
+        if self.temps is None:
+            p = F.softmax(z_t, 1)
+            return p, p
         ta, tn = self.temps.per_sample(y, self.cfg.coupled_temperatures)
         return F.softmax(z_t / ta[:, None], 1), F.softmax(z_t / tn[:, None], 1)
 
@@ -59,62 +78,52 @@ class Distill(Method):
         self._steps_cnt.index_add_(0, y, torch.ones_like(steps, dtype=torch.float64))
 
     def distill_loss(self, x_adv, x, y, p_adv, p_nat, ctx: StepContext, count: float | None = None):
+        """(loss, adversarial logits, clean logits) of the student on (x_adv, x)."""
         with ctx.autocast():
             z_adv, z_nat = ctx.forward(x_adv, x)
         w = self.sample_weights(y)
         c = self.cfg
         loss = self.kd_scale * (c.adv_weight * weighted_mean(kd_per_sample(p_adv, z_adv), w, count)
                                 + c.nat_weight * weighted_mean(kd_per_sample(p_nat, z_nat), w, count))
-        ce_adv = F.cross_entropy(z_adv.float(), y, reduction="none").detach()
-        ce_nat = F.cross_entropy(z_nat.float(), y, reduction="none").detach()
-        return loss, ce_adv, ce_nat
+        return loss, z_adv, z_nat
 
     def step(self, x, y, ctx: StepContext) -> StepOutput:
         p_adv, p_nat = self.teacher_targets(x, y, ctx)
         if self.cfg.fair_reweight:
-            x_adv, k = A.pgd_kl(ctx.raw, x, p_adv, ctx.eps, ctx.alpha, ctx.steps, track_labels=y,
-                                init_std=ctx.kl_init_std, amp_dtype=ctx.attack_dtype, validate=False)
+            x_adv, k = A.pgd_kl_tracked(ctx.raw, x, p_adv, y, ctx.eps, ctx.alpha, ctx.steps,
+                                        init_std=ctx.kl_init_std, amp_dtype=ctx.attack_dtype, validate=False)
             self.record_steps(y, k)
         else:
             x_adv = A.pgd_kl(ctx.raw, x, p_adv, ctx.eps, ctx.alpha, ctx.steps, init_std=ctx.kl_init_std,
                              amp_dtype=ctx.attack_dtype, validate=False)
-        loss, ce_adv, ce_nat = self.distill_loss(x_adv, x, y, p_adv, p_nat, ctx)
-        return StepOutput(loss, y, ce_adv, ce_nat)
+        loss, z_adv, z_nat = self.distill_loss(x_adv, x, y, p_adv, p_nat, ctx)
+        return StepOutput(loss, y, adv_logits=z_adv, nat_logits=z_nat)
 
     # ------------------------------------------------------------------ per-epoch bookkeeping
-    def reduce_steps(self, reduce):
-        """Sum the Fair-ARD step counts over processes (reduce is the engine's all-reduce)."""
-        self._steps_sum, self._steps_cnt = reduce(self._steps_sum), reduce(self._steps_cnt)
-
-    def end_epoch(self, epoch, risk_adv, risk_nat, eta_factor, extra):
-        eta = self.cfg.eta * (eta_factor if self.cfg.eta_follows_lr else 1.0)
-        self.last_eta = eta
-        self.temps.update(epoch, risk_adv, risk_nat, eta)
-        out = {"tau_adv": self.temps.adv.tolist(), "tau_nat": self.temps.nat.tolist(), "eta": eta}
+    def after_epoch(self, stats: EpochStats) -> dict:
+        out = self.update_temperatures(stats)
         if self.cfg.fair_reweight:
-            seen = self._steps_cnt > 0
-            mean_steps = torch.where(seen, self._steps_sum / self._steps_cnt.clamp_min(1), torch.ones_like(self._steps_sum))
+            steps_sum, steps_cnt = stats.reduce(self._steps_sum), stats.reduce(self._steps_cnt)
+            seen = steps_cnt > 0
+            mean_steps = torch.where(seen, steps_sum / steps_cnt.clamp_min(1), torch.ones_like(steps_sum))
             self.class_weights = fair_ard_weights(mean_steps.cpu(), self.num_classes)
             out["class_mean_steps"] = mean_steps.cpu().tolist()
             out["class_weights"] = self.class_weights.tolist()
             self._steps_sum.zero_(); self._steps_cnt.zero_()
         return out
 
+    def update_temperatures(self, stats: EpochStats) -> dict:
+        """History fields of the temperatures (none: fixed at 1)."""
+        return {}
+
     def resolved(self):
         return {"kd_scale": self.kd_scale}
 
     def state_dict(self):
-        return {**self.temps.state_dict(), "class_weights": self.class_weights.clone()}
+        temps = self.temps.state_dict() if self.temps is not None else {}
+        return {**temps, "class_weights": self.class_weights.clone()}
 
     def load_state_dict(self, s):
-        self.temps.load_state_dict(s)
+        if self.temps is not None:
+            self.temps.load_state_dict(s)
         self.class_weights = s["class_weights"].float().clone()
-
-
-class RSLAD(Distill):
-    """RSLAD: the teacher's untempered soft labels for both terms (temperatures stay 1)."""
-    fixed_unit_temperatures = True
-
-
-class ABSLD(Distill):
-    """ABSLD: class-wise adversarial and natural temperatures, adapted from the class risks."""

@@ -1,24 +1,55 @@
-"""HAM: hard adversarial example mining with early dropping; and ABSLD trained on HAM's hard set.
+"""HAM (hard adversarial example mining with early dropping), and the helpers ABSLD+HAM shares.
 
-Per batch (after the warm-up epochs of plain PGD-AT / ABSLD): M PGD-CE steps on the whole batch;
-the examples still classified correctly are dropped; K - M more steps and the training pass run on
-the hard set H only; the loss is the mean over H (an empty H contributes nothing).
+Per batch (after the warm-up epochs of plain PGD-AT): M PGD-CE steps on the whole batch; the examples
+still classified correctly are dropped; K - M more steps and the training pass run on the hard set H
+only; the loss is the mean over H (an empty H contributes nothing).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-import torch.nn.functional as F
 
 from .. import attacks as A
-from .base import StepContext, StepOutput, soft_ce, weighted_mean
-from .baselines import PGDAT
-from .distill import ABSLD
+from ..config import ConfigError, check_int
+from .base import Options, StepContext, StepOutput, soft_ce, weighted_mean
+from .natural import SmoothingOptions, check_smoothing
+from .pgd_at import PGDAT
+from .registry import register
+
+WEIGHTINGS = ("uniform", "hardness")
+
+
+@dataclass(frozen=True)
+class EarlyDropping(Options):
+    """HAM's own settings (also part of ABSLD+HAM's options)."""
+    ham_start_epoch: int = 1         # first epoch (1-based) with early dropping; before it, the base method
+    ham_early_steps: int = 3         # M: PGD steps before the easy examples are dropped (M < attack.steps)
+    ham_weighting: str = "uniform"   # or 'hardness': weight M + 1 - (step of the first crossing)
+
+    def check_ham(self):
+        check_int("method.ham_start_epoch", self.ham_start_epoch, 1)
+        check_int("method.ham_early_steps", self.ham_early_steps, 0)
+        if self.ham_weighting not in WEIGHTINGS:
+            raise ConfigError(f"method.ham_weighting={self.ham_weighting!r} is invalid: 'uniform' or 'hardness'")
+
+    def check_config(self, cfg) -> None:
+        if self.ham_early_steps >= cfg.attack.steps:
+            raise ConfigError(f"method.ham_early_steps={self.ham_early_steps} must be smaller than "
+                              f"attack.steps={cfg.attack.steps} (M < K)")
+
+
+@dataclass(frozen=True)
+class HAMOptions(EarlyDropping, SmoothingOptions):
+    def __post_init__(self):
+        check_smoothing(self.label_smoothing)
+        self.check_ham()
 
 
 def mine_hard(ctx: StepContext, x, y, early_steps: int):
     """The first M PGD-CE steps: returns (x_M, first crossing step, hard mask = wrong at x_M)."""
     return A.pgd_boundary_steps(ctx.raw, x, y, ctx.eps, ctx.alpha, early_steps, amp_dtype=ctx.attack_dtype,
-                                return_final=True, validate=False)
+                                validate=False)
 
 
 def hardness_weights(first_cross: torch.Tensor, early_steps: int, ctx: StepContext | None = None,
@@ -48,12 +79,14 @@ def hard_set_size(ctx: StepContext, h: torch.Tensor) -> tuple[int, float | None]
     return n_all, (None if ctx.world_size == 1 else n_all / ctx.world_size)
 
 
-def nothing_hard_here(ctx: StepContext, x, y, hard, count) -> StepOutput:
+def nothing_hard_here(ctx: StepContext, x, y, hard, count, both: bool = False) -> StepOutput:
     """Under DDP, a process whose share of the batch has no hard example while another's has: it joins
     the gradient all-reduce with zero gradients from an eval-mode pass (no BatchNorm statistic moves),
-    and the optimiser step that every process then takes is the global batch's."""
-    empty = y[:0]
-    return StepOutput(ctx.zero_loss(x), empty, torch.zeros(0, device=y.device), None, kept=hard, loss_scale=count)
+    and the optimiser step that every process then takes is the global batch's. both: the method
+    records clean risks too (an empty set of them)."""
+    empty = x.new_zeros((0, ctx.num_classes))
+    return StepOutput(ctx.zero_loss(x), y[:0], adv_logits=empty, nat_logits=empty if both else None,
+                      kept=hard, loss_scale=count)
 
 
 def keep_all(out: StepOutput, y: torch.Tensor) -> StepOutput:
@@ -62,6 +95,7 @@ def keep_all(out: StepOutput, y: torch.Tensor) -> StepOutput:
     return out
 
 
+@register("ham", options=HAMOptions, order=50)
 class HAM(PGDAT):
     def step(self, x, y, ctx: StepContext) -> StepOutput:
         c = self.cfg
@@ -83,33 +117,4 @@ class HAM(PGDAT):
         if c.ham_weighting == "hardness":
             w = hardness_weights(first[h], c.ham_early_steps, ctx, n_all)
         loss = weighted_mean(soft_ce(z, self.targets(yh)), w, count)
-        ce = F.cross_entropy(z.float(), yh, reduction="none").detach()
-        return StepOutput(loss, yh, ce, None, kept=hard, loss_scale=count)
-
-
-class ABSLDHAM(ABSLD):
-    """ABSLD's tempered teacher targets on HAM's hard set: M PGD-CE steps pick H, then K - M steps of
-    the ABSLD KL attack from x_M, and the ABSLD loss over H. Class risks are sums over H divided by
-    all samples of the class (a dropped example counts as zero risk)."""
-
-    def step(self, x, y, ctx: StepContext) -> StepOutput:
-        c = self.cfg
-        if ctx.epoch < c.ham_start_epoch:
-            return keep_all(super().step(x, y, ctx), y)
-        p_adv, p_nat = self.teacher_targets(x, y, ctx)
-        x_m, first, hard = mine_hard(ctx, x, y, c.ham_early_steps)
-        if c.fair_reweight:
-            self.record_steps(y, first)
-        h = hard_index(hard)
-        n_all, count = hard_set_size(ctx, h)
-        if n_all == 0:
-            return StepOutput(None, kept=hard)
-        if h.numel() == 0:
-            out = nothing_hard_here(ctx, x, y, hard, count)
-            out.ce_nat = out.ce_adv
-            return out
-        xh, yh = x[h], y[h]
-        x_adv = A.pgd_kl(ctx.raw, xh, p_adv[h], ctx.eps, ctx.alpha, ctx.steps - c.ham_early_steps,
-                         x_init=x_m[h], amp_dtype=ctx.attack_dtype, validate=False)
-        loss, ce_adv, ce_nat = self.distill_loss(x_adv, xh, yh, p_adv[h], p_nat[h], ctx, count)
-        return StepOutput(loss, yh, ce_adv, ce_nat, kept=hard, loss_scale=count)
+        return StepOutput(loss, yh, adv_logits=z, kept=hard, loss_scale=count)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 
-from ..config import MethodConfig
 from .base import DeviceMirror, per_class
 
 
@@ -21,17 +20,18 @@ def absld_update(tau: torch.Tensor, risk: torch.Tensor, eta: float, tau_min: flo
 class Temperatures:
     """Per-class adversarial and natural temperatures and how they change after every epoch."""
 
-    def __init__(self, cfg: MethodConfig, num_classes: int, force_fixed: bool = False):
+    def __init__(self, cfg, num_classes: int):
+        """cfg: ABSLD's options (temperature_schedule, tau_init_*, tau_table_*, tau_function, bounds)."""
         self.cfg, self.C = cfg, num_classes
         self._adv_dev, self._nat_dev = DeviceMirror(), DeviceMirror()
-        self.schedule = "fixed" if force_fixed else cfg.schedule
-        self.adv = per_class(1.0 if force_fixed else cfg.tau_init_adv, num_classes, "method.tau_init_adv")
-        self.nat = per_class(1.0 if force_fixed else cfg.tau_init_nat, num_classes, "method.tau_init_nat")
+        self.schedule = cfg.temperature_schedule
+        self.adv = per_class(cfg.tau_init_adv, num_classes, "method.tau_init_adv")
+        self.nat = per_class(cfg.tau_init_nat, num_classes, "method.tau_init_nat")
         if self.schedule == "table":
             self.table_adv = self._table(cfg.tau_table_adv, "method.tau_table_adv")
             self.table_nat = self._table(cfg.tau_table_nat, "method.tau_table_nat")
             self.adv, self.nat = self._row(self.table_adv, 1, self.adv), self._row(self.table_nat, 1, self.nat)
-        for name, t in (("adversarial", self.adv), ("natural", self.nat)):
+        for name, t in (("adversarial", self.adv), ("clean", self.nat)):
             if (t <= 0).any():
                 raise ValueError(f"{name} temperatures must be positive, got {t.tolist()}")
 
