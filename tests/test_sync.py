@@ -106,10 +106,19 @@ def test_the_spy_sees_what_synchronises():
         assert spy.events, make
 
 
-@pytest.mark.parametrize("name,method", [
-    ("natural", {}), ("pgd_at", {"label_smoothing": 0.1}), ("trades", {}), ("rslad", {}), ("absld", {}),
-    ("absld", {"fair_reweight": True}), ("absld", {"temperature_schedule": "fixed", "tau_init_adv": [1.0] * 9 + [2.0]}),
-])
+def _drops_samples(name):
+    from dataclasses import fields
+    return "ham_early_steps" in {f.name for f in fields(registry.get(name).options_class)}
+
+
+# every registered method without early dropping, and option variants that take other code paths
+VARIANTS = [(n, {}) for n in registry.names() if not _drops_samples(n)] + [
+    ("pgd_at", {"label_smoothing": 0.1}), ("absld", {"fair_reweight": True}),
+    ("absld", {"temperature_schedule": "fixed", "tau_init_adv": [1.0] * 9 + [2.0]}),
+    ("frl", {"variant": "reweight_remargin"}), ("cfa", {"base": "pgd_at"}), ("fat", {"tau": 2})]
+
+
+@pytest.mark.parametrize("name,method", VARIANTS)
 def test_steps_do_not_synchronise(name, method):
     m, ctx, opt = _method_and_context(name, **method)
     totals = EpochTotals(10, META)
@@ -132,7 +141,7 @@ def test_new_temperatures_go_to_the_device_once_per_epoch():
     assert _run_step(m, ctx, opt, totals, x, y) == []
 
 
-@pytest.mark.parametrize("name", ["ham", "absld_ham"])
+@pytest.mark.parametrize("name", [n for n in registry.names() if _drops_samples(n)])
 def test_ham_waits_only_for_the_hard_set_size(name):
     """Early dropping makes the batch shape depend on the data: exactly one wait per step."""
     m, ctx, opt = _method_and_context(name, ham_start_epoch=1)
