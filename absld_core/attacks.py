@@ -230,11 +230,11 @@ def pgd_boundary_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                attacks: Sequence[str] | None = None, *, batch_size: int = 250, seed: int = 0,
                n_iter: int | None = None, n_queries: int | None = None,
-               return_labels: bool = False, validate: bool = True):
+               validate: bool = True) -> torch.Tensor:
     """AutoAttack (pyautoattack) L-inf: standard version when attacks is None, else a chosen subset
     of AA_ATTACKS. n_iter / n_queries shrink APGD/FAB iterations and Square queries for CPU runs.
 
-    Returns x_adv (and the predicted labels on x_adv when return_labels=True)."""
+    Returns x_adv."""
     _check(x, eps, validate=validate)
     try:
         from pyautoattack import AutoAttack
@@ -260,6 +260,6 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
             num_classes = model(x[:1]).shape[1]
         aa.apgd_targeted.n_target_classes = min(aa.apgd_targeted.n_target_classes, num_classes - 1)
         aa.fab.n_target_classes = min(aa.fab.n_target_classes, num_classes - 1)
-        x_adv, y_adv = aa.run_standard_evaluation(x.detach(), y, batch_size=batch_size)
+        x_adv = aa.run_standard_evaluation(x.detach(), y, batch_size=batch_size)[0]
     x_adv = _project(x_adv.to(x.dtype), x, eps)
-    return (x_adv, y_adv) if return_labels else x_adv
+    return x_adv

@@ -23,6 +23,7 @@ from machine import machine_info  # noqa: E402
 from absld_core.data import load_dataset  # noqa: E402
 from absld_core.evaluate import evaluate  # noqa: E402
 from absld_core.models import model_from_checkpoint  # noqa: E402
+from absld_core.cli import DEFAULT_ATTACK, fraction  # noqa: E402
 
 
 def main() -> int:
@@ -32,8 +33,8 @@ def main() -> int:
     ap.add_argument("--root", default=None)
     ap.add_argument("--per-class", type=int, default=None)
     ap.add_argument("--attack", default="pgd20")
-    ap.add_argument("--eps-255", type=float, default=8)
-    ap.add_argument("--alpha", type=float, default=0.003)
+    ap.add_argument("--eps", type=fraction, default=DEFAULT_ATTACK.eps, help="[0,1] units; 8/255 may be written so")
+    ap.add_argument("--alpha", type=fraction, default=DEFAULT_ATTACK.eval_alpha, help="[0,1] units")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--name", default=None)
     args = ap.parse_args()
@@ -43,7 +44,7 @@ def main() -> int:
     tables, seconds = {}, {}
     for label, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
         t = time.perf_counter()
-        tables[label] = evaluate(model, x, y, ["clean", args.attack], classes=ds.classes, eps=args.eps_255 / 255,
+        tables[label] = evaluate(model, x, y, ["clean", args.attack], classes=ds.classes, eps=args.eps,
                                  pgd_alpha=args.alpha, device=args.device, amp_dtype=dtype, progress=False)
         seconds[label] = time.perf_counter() - t
     a, b = tables["fp32"].loc[args.attack], tables["bf16"].loc[args.attack]
