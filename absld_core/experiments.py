@@ -41,8 +41,6 @@ def student_configs(base: dict, teacher_dir: str | Path, methods: Iterable[str] 
                     method_options: dict | None = None) -> dict[str, dict]:
     """One config per student method (None: every student method of the registry), identical but for
     the method (and its teacher). Options in base's `method` go to each method that has them."""
-    from dataclasses import fields
-
     from .methods import registry
 
     out = {}
@@ -52,7 +50,7 @@ def student_configs(base: dict, teacher_dir: str | Path, methods: Iterable[str] 
         method = {"name": m, **copy.deepcopy((method_options or {}).get(m, {}))}
         if cls.needs_teacher:
             method["teacher"] = {"checkpoint": str(teacher_dir)}
-        own = {f.name for f in fields(cls.options_class)}
+        own = registry.option_names(m)
         shared = {k: v for k, v in cfg.get("method", {}).items() if k in own}
         cfg["method"] = {**shared, **method}
         cfg["name"] = f"{base.get('name', 'student')}-{m}"

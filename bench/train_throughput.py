@@ -21,7 +21,6 @@ import json
 import resource
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -63,7 +62,7 @@ def reset_peak(device):
 
 def config(args, method: str) -> TrainConfig:
     cls = registry.get(method)
-    own = {f.name for f in fields(cls.options_class)}
+    own = registry.option_names(method)
     return TrainConfig.from_dict({
         "name": "bench", "device": args.device, "precision": args.precision,
         "channels_last": {"auto": None, "on": True, "off": False}[args.channels_last],

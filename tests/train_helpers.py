@@ -6,10 +6,8 @@ from absld_core.config import apply_overrides
 
 def _early_steps(method_name):
     """M = 2 (of K = 4) for the methods with early dropping."""
-    from dataclasses import fields
     from absld_core.methods import registry
-    own = {f.name for f in fields(registry.get(method_name).options_class)}
-    return {"ham_early_steps": 2} if "ham_early_steps" in own else {}
+    return {"ham_early_steps": 2} if "ham_early_steps" in registry.option_names(method_name) else {}
 
 
 def tiny(name, method_name, out_dir, **over):

@@ -81,6 +81,12 @@ def names() -> list[str]:
     return sorted(_METHODS, key=lambda n: (_METHODS[n].order, n))
 
 
+def option_names(name: str) -> set[str]:
+    """The options a method declares (what `method:` may hold besides name and teacher)."""
+    from dataclasses import fields
+    return {f.name for f in fields(get(name).options_class)}
+
+
 def student_names() -> list[str]:
     """The methods the study compares as students (every registered method that says student=True)."""
     return [n for n in names() if _METHODS[n].in_study]
