@@ -178,6 +178,12 @@ def kd_per_sample(teacher_probs: torch.Tensor, student_logits: torch.Tensor) -> 
     return (b * (torch.log(b + 1e-5) - log_a)).mean(1)
 
 
+def kl_per_sample(z_nat: torch.Tensor, z_adv: torch.Tensor) -> torch.Tensor:
+    """TRADES' robustness term per sample: KL(s(z_nat) || s(z_adv)) summed over classes (the clean
+    distribution is not detached, as in the TRADES-style releases)."""
+    return F.kl_div(F.log_softmax(z_adv, 1), F.softmax(z_nat, 1), reduction="none").sum(1)
+
+
 def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None, count: float | None = None) -> torch.Tensor:
     """Mean of values (times weights); with count, their sum divided by count instead (HAM under DDP
     divides by the hard set of every process)."""

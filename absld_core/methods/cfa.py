@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .. import attacks as A
 from ..config import ConfigError, check_int, check_range
-from .base import EpochStats, Method, Options, StepContext, StepOutput
+from .base import EpochStats, Method, Options, StepContext, StepOutput, kl_per_sample
 from .pgd_at import PGDAT
 from .registry import register
 from .trades import TRADES
@@ -131,7 +131,7 @@ class CFA(Method):
             z_nat, z_adv = ctx.forward(x, x_adv)
         z_nat, z_adv = z_nat.float(), z_adv.float()
         ce = F.cross_entropy(z_nat, y, reduction="none")
-        kl = F.kl_div(F.log_softmax(z_adv, 1), F.softmax(z_nat, 1), reduction="none").sum(1)
+        kl = kl_per_sample(z_nat, z_adv)
         b = (calibrated_weight(t, c.lambda2, c.beta) if on and c.ccr
              else torch.full_like(ce, c.beta / (1 + c.beta)))
         return StepOutput(((1 - b) * ce + b * kl).mean(), y, adv_logits=z_adv, nat_logits=z_nat)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .. import attacks as A
 from ..config import ConfigError, check_int, check_range
-from .base import EpochStart, Method, Options, StepContext, StepOutput
+from .base import EpochStart, Method, Options, StepContext, StepOutput, kl_per_sample
 from .registry import register
 
 VARIANTS = ("reweight", "reweight_remargin")
@@ -140,8 +140,7 @@ class FRL(Method):
             z_nat, z_adv = ctx.forward(x, x_adv)
         z_nat, z_adv = z_nat.float(), z_adv.float()
         ce = F.cross_entropy(z_nat, y, reduction="none")
-        p_nat = F.softmax(z_nat, 1)
-        kl = (p_nat * (F.log_softmax(z_nat, 1) - F.log_softmax(z_adv, 1))).sum(1)
+        kl = kl_per_sample(z_nat, z_adv)
         w0, w1 = self._w0[y], self._w1[y]
         loss = (w0 * ce).sum() / w0.sum() + self.cfg.beta * (w1 * kl).sum() / w1.sum()
         return StepOutput(loss, y, adv_logits=z_adv, nat_logits=z_nat)
