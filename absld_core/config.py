@@ -354,15 +354,12 @@ def _build_method(d: dict, prefix: str) -> MethodConfig:
     teacher = d.pop("teacher", None)
     if isinstance(teacher, dict):
         teacher = _build(TeacherConfig, teacher, f"{prefix}teacher.")
-    if "options" in d and isinstance(d["options"], cls.options_class) and len(d) == 1:
-        options = d["options"]
-    else:
-        try:
-            options = _build(cls.options_class, d, prefix, what=f"the options of method {name!r}")
-        except ConfigError as e:
-            if "unknown field" in str(e):
-                raise ConfigError(f"{e} (name and teacher are allowed for every method)") from None
-            raise
+    try:
+        options = _build(cls.options_class, d, prefix, what=f"the options of method {name!r}")
+    except ConfigError as e:
+        if "unknown field" in str(e):
+            raise ConfigError(f"{e} (name and teacher are allowed for every method)") from None
+        raise
     return MethodConfig(name=name, teacher=teacher, options=options)
 
 
