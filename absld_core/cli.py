@@ -102,7 +102,47 @@ def _checkpoint_path(path: Path) -> Path:
 def _study(args) -> int:
     from .study import run_study
 
+    if args.rehearse:
+        from .rehearse import rehearse
+
+        return rehearse(args.preset, args.set, out_root=args.out, tflops=args.tflops)
     return run_study(args.preset, overrides=args.set, force=args.force, out_root=args.out)
+
+
+def _sweep(args) -> int:
+    """Every training of a preset: local workers or one submitit (Slurm) job per run."""
+    import os
+
+    from .plan import study_plan
+    from .sweep import sweep
+
+    overrides = list(args.set)
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise UsageError(f"--seeds {args.seeds!r}: give a comma list of integers such as 0,1,2") from None
+        overrides.append(f"seeds={seeds}")
+    out = Path(args.out)
+    if not out.is_dir():
+        raise UsageError(f"--out {out} is not a folder")
+    os.chdir(out)  # run_root and the teachers' paths are relative to it, as in `absld study --out`
+    jobs = study_plan(args.preset, overrides)
+    if args.list:
+        for j in jobs:
+            print(f"{j.status():10s} {j.key:32s} after {', '.join(j.deps) or '-'}")
+        return 0
+    slurm = {"cluster": "local" if args.executor == "submitit-local" else None, "partition": args.partition,
+             "account": args.account, "qos": args.qos, "gpus_per_node": args.gpus, "mem_gb": args.mem_gb,
+             "timeout_min": int(args.hours * 60), "max_parallel": args.max_parallel}
+    if args.cpus:
+        slurm["cpus_per_task"] = args.cpus
+    log_root = (Path(jobs[0].config["out_dir"]).parent if jobs else Path("runs")) / "sweep" / "logs"
+    res = sweep(jobs, "submitit" if args.executor.startswith("submitit") else "local", workers=args.workers,
+                threads=args.threads, log_root=log_root, slurm=slurm)
+    print(f"logs: {log_root}; render the tables and figures with: absld study --preset {args.preset}"
+          + "".join(f" --set {o}" for o in overrides))
+    return 0 if res.ok else 1
 
 
 def fraction(text: str) -> float:
@@ -173,7 +213,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset parameter")
     s.add_argument("--force", action="store_true", help="re-run notebooks even when nothing changed")
     s.add_argument("--out", default=".", help="where runs/ and figures/ go (default: here)")
+    s.add_argument("--rehearse", action="store_true",
+                   help="print the real run's cost, then run every notebook shrunk for a CPU (minutes) into "
+                        "<out>/rehearse/: the preset's configuration and code paths, a few batches and epochs")
+    s.add_argument("--tflops", type=float, default=100.0,
+                   help="with --rehearse: assumed sustained TFLOP/s for the time estimate (default 100)")
     s.set_defaults(func=_study)
+
+    w = sub.add_parser("sweep", help="train every run of a preset (local workers or Slurm via submitit)",
+                       parents=[common])
+    w.add_argument("--preset", default="smoke", help="smoke, digits-paper, cifar10-cpu, paper, or a preset YAML")
+    w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset parameter")
+    w.add_argument("--seeds", default=None, help="comma list of seeds (default: the preset's)")
+    w.add_argument("--executor", default="local", choices=("local", "submitit", "submitit-local"),
+                   help="local worker processes (default); submitit: one Slurm job per run; submitit-local: "
+                        "submitit's local executor (testing)")
+    w.add_argument("--workers", type=int, default=None, help="local: parallel workers (default: cores / threads)")
+    w.add_argument("--threads", type=int, default=1, help="local: threads per worker (default 1)")
+    w.add_argument("--partition", default=None, help="Slurm partition")
+    w.add_argument("--account", default=None, help="Slurm account")
+    w.add_argument("--qos", default=None, help="Slurm QOS")
+    w.add_argument("--gpus", type=int, default=None, help="GPUs per job")
+    w.add_argument("--cpus", type=int, default=None, help="CPUs per job (also the job's torch threads)")
+    w.add_argument("--mem-gb", type=int, default=None, help="memory per job in GB")
+    w.add_argument("--hours", type=float, default=24.0, help="time limit per job; a timed-out job is requeued "
+                                                             "and resumes from last.pt (default 24)")
+    w.add_argument("--max-parallel", type=int, default=0, help="submitit: at most this many jobs at once (0: no limit)")
+    w.add_argument("--list", action="store_true", help="print the plan (each run, its state and dependencies)")
+    w.add_argument("--out", default=".", help="where runs/ go (default: here), as for `absld study --out`")
+    w.set_defaults(func=_sweep)
 
     m = sub.add_parser("methods", help="list the registered training methods and their options", parents=[common])
     m.set_defaults(func=_methods)
@@ -187,9 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     from .engine import NonFiniteLossError
     from .models import CheckpointError
     from .runs import RunExistsError, RunLockedError
+    from .plan import PlanError
     from .study import StudyError
 
-    usage = (ConfigError, DatasetError, CheckpointError, RunExistsError, StudyError, UsageError,
+    usage = (ConfigError, DatasetError, CheckpointError, RunExistsError, StudyError, PlanError, UsageError,
              FileNotFoundError, ValueError)
     try:
         return args.func(args)

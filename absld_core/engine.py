@@ -24,7 +24,7 @@ from .attacks import model_mode
 from .config import ConfigError, TrainConfig, config_changes, normalised
 from .data import BatchIterator, Dataset, load_dataset
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, init_from_env
-from .evaluate import evaluate, save_table
+from .evaluate import evaluate, evaluate_per_image, save_per_image, save_table
 from .methods import EpochStart, EpochStats, Method, StepContext, StepOutput, build_method
 from .models import (build_model, check_fits, load_checkpoint, load_state_dict, model_from_checkpoint,
                      save_checkpoint)
@@ -495,9 +495,11 @@ def _final_eval(cfg, ds, device, run, meta, method: Method) -> None:
     path = run.checkpoint_or_last(which)
     model, ck_meta = model_from_checkpoint(path, device)
     ck_epoch = ck_meta.get("epoch", cfg.optim.epochs if path == run.last else None)
-    df = evaluate(model, ds.test_x, ds.test_y, cfg.attack.test_attacks, classes=ds.classes, eps=cfg.attack.eps,
-                  pgd_alpha=cfg.attack.eval_alpha, device=device, progress=cfg.progress,
-                  aa_opts={"n_iter": cfg.attack.aa_iters} if cfg.attack.aa_iters else None)
+    df, correct = evaluate_per_image(
+        model, ds.test_x, ds.test_y, cfg.attack.test_attacks, classes=ds.classes, eps=cfg.attack.eps,
+        pgd_alpha=cfg.attack.eval_alpha, device=device, progress=cfg.progress,
+        aa_opts={"n_iter": cfg.attack.aa_iters} if cfg.attack.aa_iters else None)
+    save_per_image(run.per_image, ds.test_y, correct)  # before metrics.json, whose presence means finished
     df.attrs.update({"checkpoint": path.name, "checkpoint_epoch": ck_epoch, "run": cfg.name,
                      "method": cfg.method.name, "test_size": len(ds.test_y), "selection": cfg.selection})
     save_table(df, run.metrics)

@@ -25,7 +25,7 @@ from . import attacks as A
 from .attacks import model_mode
 
 SUMMARY_COLUMNS = ["avg", "worst", "worst_class", "nsd", "n"]
-__all__ = ["evaluate", "AttackSpec", "parse_attack", "summarise", "save_table", "load_table",
+__all__ = ["evaluate", "evaluate_per_image", "save_per_image", "load_per_image", "AttackSpec", "parse_attack", "summarise", "save_table", "load_table",
            "class_accuracies", "SUMMARY_COLUMNS"]
 
 
@@ -101,12 +101,21 @@ def _attack_batch(model, spec: AttackSpec, x, y, eps, pgd_alpha, cw_alpha, aa_op
     return A.autoattack(model, x, y, eps, spec.aa_attacks, validate=False, **aa_opts)
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[str] | None = None,
+             **kwargs) -> pd.DataFrame:
+    """Class-wise accuracy under each attack (the table of `evaluate_per_image`)."""
+    return evaluate_per_image(model, x, y, attacks, **kwargs)[0]
+
+
+def evaluate_per_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              attacks: Sequence[str] | None = None, *, classes: Sequence[str] | None = None,
              eps: float | None = None, pgd_alpha: float | None = None, cw_alpha: float | None = None,
              batch_size: int = 256, device: str | torch.device | None = None, amp_dtype=None,
-             aa_opts: dict | None = None, progress: bool = True, seed: int | None = 0) -> pd.DataFrame:
-    """Class-wise accuracy under each attack. x: uint8 or float [0,1] images; y: int64 labels.
+             aa_opts: dict | None = None, progress: bool = True,
+             seed: int | None = 0) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Class-wise accuracy under each attack, and per attack a boolean vector over the images (correct
+    both clean and under the attack: what bootstrap intervals resample). x: uint8 or float [0,1]
+    images; y: int64 labels.
 
     attacks, eps, pgd_alpha: None takes the defaults of config.AttackConfig (test_attacks, eps 8/255,
     eval_alpha 0.003 as in ABSLD/RSLAD; HAM uses eps/4); cw_alpha defaults to pgd_alpha.
@@ -155,7 +164,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     df = pd.DataFrame.from_dict(rows, orient="index")[SUMMARY_COLUMNS + classes]
     df.index.name = "attack"
     df.attrs.update({"eps": eps, "pgd_alpha": pgd_alpha, "classes": classes})
-    return df
+    return df, {k: v.numpy() for k, v in correct.items()}
 
 
 def _run_attacks(model, x, y, specs, eps, pgd_alpha, cw_alpha, batch_size, device, amp_dtype, aa_opts, progress):
@@ -202,6 +211,36 @@ def save_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
         raise ValueError(f"table path must end in .json or .csv, got {path}")
     os.replace(tmp, path)
     return path
+
+
+def save_per_image(path: str | os.PathLike, y: torch.Tensor | np.ndarray, correct: dict[str, np.ndarray]) -> Path:
+    """Labels and per-attack correctness of every test image, as an .npz of plain arrays (atomically)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    arrays = {"labels": np.asarray(y, dtype=np.int64)}
+    arrays.update({f"correct/{k}": np.asarray(v, dtype=bool) for k, v in correct.items()})
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def load_per_image(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(labels, {attack: correct}) from save_per_image's file; no pickled objects are loaded."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no per-image results at {path} (runs evaluated before they were recorded "
+                                f"have none: evaluate the run again)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            labels = z["labels"]
+            correct = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("correct/")}
+    except (ValueError, OSError, KeyError) as e:
+        raise ValueError(f"{path} is not a per-image results file: {e}") from e
+    bad = [k for k, v in correct.items() if v.shape != labels.shape or v.dtype != bool]
+    if labels.ndim != 1 or bad:
+        raise ValueError(f"{path}: per-image arrays do not match the labels ({bad or 'labels not 1-D'})")
+    return labels, correct
 
 
 def load_table(path: str | os.PathLike) -> pd.DataFrame:

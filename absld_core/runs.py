@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - not POSIX: runs are not locked
 
 # what a run directory holds; nothing else is ever deleted by overwrite
 RUN_FILES = ("config.json", "history.jsonl", "status.json", "last.pt", "best.pt", "fair_best.pt",
-             "averaged.pt", "metrics.json", "metrics.csv", "run.lock")
+             "averaged.pt", "metrics.json", "metrics.csv", "per_image.npz", "run.lock")
 _TEMP = re.compile(r"^(" + "|".join(re.escape(f) for f in RUN_FILES) + r").*\.tmp$")
 
 
@@ -78,6 +78,7 @@ class RunDir:
     metrics = property(lambda self: self.path / "metrics.json")
     status_file = property(lambda self: self.path / "status.json")
     last = property(lambda self: self.path / "last.pt")
+    per_image = property(lambda self: self.path / "per_image.npz")
 
     def checkpoint(self, which: str) -> Path:
         return self.path / f"{which}.pt"

@@ -74,8 +74,9 @@ def plan(error: np.ndarray, classes: list[str], n_hard: int, tau_sharp: float, t
                 float(tau.mean()), ls, float(ls.mean()))
 
 
-def train_pairs(base: dict, reference: str | Path, p: Plan) -> dict[str, Path]:
-    """Four runs: SSD/DSD by teacher temperature (distilling from the reference) and by label smoothing."""
+def pair_configs(base: dict, reference: str | Path, p: Plan) -> dict[str, dict]:
+    """Four run configs: SSD/DSD by teacher temperature (distilling from the reference) and by label
+    smoothing (PGD-AT), identical to `base` but for name and method."""
     def cfg(name, method):
         return {**base, "name": name, "method": method}
 
@@ -85,10 +86,13 @@ def train_pairs(base: dict, reference: str | Path, p: Plan) -> dict[str, Path]:
                       "tau_init_nat": [float(t) for t in np.broadcast_to(tau, (len(p.classes),))]}
     ls = lambda s: {"name": PGDAT.name,  # noqa: E731
                     "label_smoothing": [float(v) for v in np.broadcast_to(s, (len(p.classes),))]}
-    return {"SSD (temperature)": run_or_resume(cfg("ssd-kd", kd(p.tau_ssd))),
-            "DSD (temperature)": run_or_resume(cfg("dsd-kd", kd(p.tau_dsd))),
-            "SSD (label smoothing)": run_or_resume(cfg("ssd-ls", ls(p.ls_ssd))),
-            "DSD (label smoothing)": run_or_resume(cfg("dsd-ls", ls(p.ls_dsd)))}
+    return {"SSD (temperature)": cfg("ssd-kd", kd(p.tau_ssd)), "DSD (temperature)": cfg("dsd-kd", kd(p.tau_dsd)),
+            "SSD (label smoothing)": cfg("ssd-ls", ls(p.ls_ssd)), "DSD (label smoothing)": cfg("dsd-ls", ls(p.ls_dsd))}
+
+
+def train_pairs(base: dict, reference: str | Path, p: Plan) -> dict[str, Path]:
+    """Train (or reuse) the four runs of `pair_configs`."""
+    return {label: run_or_resume(c) for label, c in pair_configs(base, reference, p).items()}
 
 
 def compare(runs: dict[str, str | Path], attack: str = "pgd20") -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -39,7 +39,13 @@ PARAM_NAMES = ("preset", "run_root", "figure_dir", "dataset", "data_root", "trai
                "test_per_class", "augment", "pad", "arch", "width", "teacher_arch", "teacher_width", "epochs",
                "teacher_epochs", "teacher_method", "teacher_checkpoint", "batch_size", "lr", "lr_schedule",
                "eps_255", "alpha_255", "steps", "eval_alpha_255", "test_attacks", "val_attacks", "device", "seed",
-               "eval_every", "precision", "aa_iters", "selection")
+               "seeds", "test_folds", "eval_every", "precision", "aa_iters", "selection",
+               # notebook 01
+               "reference_epochs", "n_hard", "tau_sharp", "tau_smooth", "ls_sharp", "ls_smooth",
+               # notebook 02
+               "teacher_method", "teacher_arch", "teacher_width", "teacher_epochs", "teacher_checkpoint",
+               # notebook 03 (and 04)
+               "methods", "ham_start_fraction", "ham_early_steps", "eta", "trades_beta")
 
 
 def base_config(p: dict, name: str, method: dict, **over) -> dict:
@@ -75,6 +81,32 @@ def base_config(p: dict, name: str, method: dict, **over) -> dict:
 def params_from(namespace: dict, extra: tuple = ()) -> dict:
     """The notebook's parameters, picked out of its global namespace."""
     return {k: namespace[k] for k in PARAM_NAMES + tuple(extra) if k in namespace}
+
+
+def notebook_setup(namespace: dict) -> dict:
+    """A notebook's first code: relative paths (run_root, figure_dir, teachers) mean the same folder in
+    JupyterLab as under `absld study`: a kernel started in the repository's notebooks/ folder moves to
+    the repository root, where `make study` writes runs/ and figures/ (papermill already starts in the
+    study's root). Makes figure_dir, sets table display, returns the notebook's parameters."""
+    import pandas as pd
+
+    here = Path.cwd().resolve()
+    if here == (ROOT / "notebooks").resolve():
+        os.chdir(ROOT)
+    pd.set_option("display.precision", 2)
+    pd.set_option("display.max_columns", 40)
+    pd.set_option("display.width", 160)
+    if namespace.get("figure_dir"):
+        Path(namespace["figure_dir"]).mkdir(parents=True, exist_ok=True)
+    return params_from(namespace)
+
+
+def require_runs(runs: dict, run_root: str | Path, what: str = "finished runs") -> dict:
+    """The runs a reading notebook needs, or a message that says how to make them."""
+    if not runs:
+        raise StudyError(f"no {what} in {Path(run_root).resolve()}: run notebooks 01-03 first, or `make study` "
+                         f"(absld study --preset NAME) for the preset's runs")
+    return runs
 
 
 # ------------------------------------------------------------------------------------ presets
@@ -143,6 +175,11 @@ def resolve_parameters(spec: dict) -> dict[str, dict]:
         out[nb] = params
         _check_training_params(nb, {**_defaults(declared[nb]), **params})
     return out
+
+
+def notebook_defaults(nb: str) -> dict:
+    """The values of a notebook's parameters cell (what it runs with when nothing is passed)."""
+    return _defaults(_declared(ROOT / "notebooks" / f"{nb}.ipynb"))
 
 
 def _defaults(declared: dict) -> dict:
@@ -283,22 +320,45 @@ def _kernel_options() -> dict:
     return {"kernel_manager_class": IPCKernelManager}
 
 
-def write_summary(table, figure_dir: str | Path, title: str, per_class=None, attack: str = "pgd20") -> tuple[Path, Path]:
-    """The study's summary table (and, when given, the method x class table under `attack`) as
-    markdown and CSV in figure_dir."""
+def run_classes(by_seed: dict) -> list[str]:
+    """The class names of a set of runs ({seed: run directory}), from the first one's metrics."""
+    from .evaluate import SUMMARY_COLUMNS, load_table
+
+    df = load_table(Path(next(iter(by_seed.values()))) / "metrics.json")
+    return list(df.attrs.get("classes") or [c for c in df.columns if c not in SUMMARY_COLUMNS])
+
+
+def run_attacks(by_seed: dict) -> list[str]:
+    """The evaluation attacks of a set of runs, in their order."""
+    from .evaluate import load_table
+
+    return list(load_table(Path(next(iter(by_seed.values()))) / "metrics.json").index)
+
+
+def write_summary(tables: dict, figure_dir: str | Path, title: str, attack: str = "pgd20",
+                  claims: str = "") -> tuple[Path, Path]:
+    """The study's summary: per attack, mean over seeds [95% interval] of Avg / Worst / NSD per method
+    (markdown), the claims, and all numbers flat in summary.csv (method, attack, metric, mean, lo, hi)
+    plus the method x class table under `attack` (class_wise_<attack>.csv, with intervals)."""
+    import pandas as pd
+
     from .experiments import markdown_summary
+    from .intervals import format_ci
 
     figure_dir = Path(figure_dir)
-    text = f"# {title}\n\n" + markdown_summary(table)
-    if per_class is not None:
-        text += f"\nClass-wise {attack} accuracy (%):\n\n" + markdown_summary(per_class)
-        write_text_atomic(figure_dir / f"class_wise_{attack}.csv", per_class.to_csv())
-    md = write_text_atomic(figure_dir / "summary.md", text)
-    flat = table.copy()
-    flat.columns = [" ".join(c) if isinstance(c, tuple) else c for c in flat.columns]
-    csv = write_text_atomic(figure_dir / "summary.csv", flat.to_csv())
+    parts = [f"# {title}\n"]
+    for a, t in tables.items():
+        parts.append(f"## {a}: mean over seeds [95% interval]\n\n" + markdown_summary(format_ci(t)))
+    if claims:
+        parts.append(f"## Claims ({attack}, paired differences)\n\n{claims}\n")
+    md = write_text_atomic(figure_dir / "summary.md", "\n".join(parts))
+    rows = []
+    for a, t in tables.items():
+        for method, r in t.iterrows():
+            for m in ("avg", "worst", "nsd"):
+                rows.append({"method": method, "attack": a, "metric": m, "mean": r[m], "lo": r[f"{m}_lo"],
+                             "hi": r[f"{m}_hi"], "n_seeds": int(r["n_seeds"])})
+    csv = write_text_atomic(figure_dir / "summary.csv", pd.DataFrame(rows).to_csv(index=False))
+    if attack in tables:
+        write_text_atomic(figure_dir / f"class_wise_{attack}.csv", tables[attack].round(3).to_csv())
     return md, csv
-
-
-if __name__ == "__main__":
-    sys.exit(run_study(*(sys.argv[1:2] or ["smoke"])))

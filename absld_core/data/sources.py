@@ -243,18 +243,30 @@ def _write_cache(path: Path, result) -> None:
 
 
 # ---------------------------------------------------------------- offline and synthetic data
-def read_digits(test_fraction: float = 0.25, seed: int = 0):
-    """scikit-learn's 1,797 8x8 handwritten digits, scaled to uint8, split class-balanced."""
+def read_digits(test_fraction: float = 0.25, seed: int = 0, folds: int | None = None, fold: int = 0):
+    """scikit-learn's 1,797 8x8 handwritten digits, scaled to uint8, split class-balanced.
+
+    folds=k: a class-stratified k-fold split instead (one permutation per class from `seed`); fold i
+    is the test split. Over folds 0..k-1 every image is a test image exactly once."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
     x = np.clip(np.rint(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)[:, None]
     y = d.target.astype(np.int64)
+    if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
+        raise ValueError(f"folds must be an integer >= 2 (or None for test_fraction), got {folds!r}")
+    if folds is not None and (isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds):
+        raise ValueError(f"fold must be an integer in [0, {folds - 1}] for {folds} folds, got {fold!r}")
+    if folds is None and not 0 < float(test_fraction) < 1:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
     rng = np.random.default_rng(seed)
     test_mask = np.zeros(len(y), dtype=bool)
     for c in range(10):
         idx = rng.permutation(np.flatnonzero(y == c))
-        test_mask[idx[: int(round(len(idx) * test_fraction))]] = True
+        if folds is None:
+            test_mask[idx[: int(round(len(idx) * test_fraction))]] = True
+        else:
+            test_mask[np.array_split(idx, folds)[fold]] = True
     return x[~test_mask], y[~test_mask], x[test_mask], y[test_mask], [str(i) for i in range(10)]
 
 

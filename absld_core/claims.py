@@ -1,0 +1,76 @@
+"""The study's claims about the student methods, stated from paired differences with 95% intervals.
+
+    runs = finished_runs(P)                       # {label: {seed: run directory}} of notebooks 02 and 03
+    for line in student_claims(runs, "pgd20", classes): print(line)
+
+(b) ABSLD beats RSLAD on the worst class and NSD; (c) HAM improves the worst class over PGD-AT at a
+lower training cost; (d) ABSLD+HAM beats both of its parts on the worst class. Claim (a), DSD vs SSD,
+is notebook 01's (`plots.describe_smoothness`). A claim "holds" only when its interval excludes 0 in
+its direction; every number is computed from the runs, none is written in.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import intervals, plan
+from .methods.absld import ABSLD
+from .methods.absld_ham import ABSLDHAM
+from .methods.ham import HAM
+from .methods.pgd_at import PGDAT
+from .methods.rslad import RSLAD
+from .runs import RunDir, load_run
+
+DISPLAY = {ABSLD.name: "ABSLD", RSLAD.name: "RSLAD", HAM.name: "HAM", PGDAT.name: "PGD-AT", ABSLDHAM.name: "ABSLD+HAM"}
+
+
+def finished_runs(P: dict) -> dict[str, dict[int, Path]]:
+    """The teacher and the `methods` students of every seed (the run directories notebooks 02 and 03
+    write: run_root/s<seed>/teacher and student-<method>) that are finished and carry per-image
+    results (the ones tables and intervals can use)."""
+    names = {"teacher": "teacher", **{m: f"student-{m}" for m in plan.wanted_methods(P)}}
+    out: dict[str, dict[int, Path]] = {}
+    for label, name in names.items():
+        by_seed = {s: plan.seed_root(P, s) / name for s in plan.seeds_of(P)}
+        done = {s: p for s, p in by_seed.items() if RunDir(p).finished() and (Path(p) / "per_image.npz").is_file()}
+        if done:
+            out[label] = done
+    return out
+
+
+def train_seconds(by_seed: dict[int, Path]) -> float:
+    """Mean over seeds of a run's training time (the history's per-epoch seconds, validation included)."""
+    return float(np.mean([load_run(p)["history"]["seconds"].sum() for p in by_seed.values()]))
+
+
+def _verdict(ok: bool) -> str:
+    return "**holds**" if ok else "**not shown**"
+
+
+def student_claims(runs: dict[str, dict[int, Path]], attack: str, classes: list[str]) -> list[str]:
+    """Claims (b)-(d) for the methods present, each with its computed differences and a verdict."""
+    out = []
+
+    def diff(a, b):
+        return intervals.paired_difference(runs[a], runs[b], attack, names=(DISPLAY[a], DISPLAY[b]), classes=classes)
+
+    have = lambda *names: all(n in runs for n in names)  # noqa: E731
+    if have(ABSLD.name, RSLAD.name):
+        d = diff(ABSLD.name, RSLAD.name)
+        ok = d["worst"][1] > 0 and d["nsd"][2] < 0
+        out.append(f"(b) ABSLD beats RSLAD on the worst class and NSD: {_verdict(ok)}. "
+                   f"{intervals.describe(d, 'worst')}. {intervals.describe(d, 'nsd')}.")
+    if have(HAM.name, PGDAT.name):
+        d = diff(HAM.name, PGDAT.name)
+        cost = train_seconds(runs[HAM.name]) / train_seconds(runs[PGDAT.name])
+        ok = d["worst"][1] > 0 and cost < 1
+        out.append(f"(c) HAM improves the worst class at a lower cost than PGD-AT: {_verdict(ok)}. "
+                   f"{intervals.describe(d, 'worst')}. Training time HAM / PGD-AT: {cost:.2f} (mean over seeds, "
+                   f"measured on the machine that trained them).")
+    if have(ABSLDHAM.name, ABSLD.name, HAM.name):
+        d1, d2 = diff(ABSLDHAM.name, ABSLD.name), diff(ABSLDHAM.name, HAM.name)
+        ok = d1["worst"][1] > 0 and d2["worst"][1] > 0
+        out.append(f"(d) ABSLD+HAM beats both of its parts on the worst class: {_verdict(ok)}. "
+                   f"{intervals.describe(d1, 'worst')}. {intervals.describe(d2, 'worst')}.")
+    return out

@@ -1,0 +1,255 @@
+"""A study's trainings fanned out: local worker processes, or Slurm jobs through submitit.
+
+    absld sweep --preset digits-paper                       # 2 workers x 1 thread on a 2-core machine
+    absld sweep --preset paper --executor submitit --partition gpu --gpus 1 --cpus 8 --mem-gb 32 --hours 24
+
+The jobs are `plan.study_plan`'s: each a run directory, started once every job it waits for is done.
+A run directory is a job's whole state: a finished run with the same config is skipped, an unfinished
+one (a killed worker, a preempted or timed-out Slurm job) resumes from its last.pt, a changed config
+trains again. Every job writes its log to <run_root>/sweep/logs/<seed>/<run>.log (submitit: its own
+stdout/stderr files beside it), and the sweep ends with a summary (done / failed / skipped / waiting,
+seconds per run). Afterwards `absld study --preset NAME` renders the notebooks from the finished runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .plan import Job, PlanError
+from .runs import write_json_atomic
+
+EXECUTORS = ("local", "submitit")
+
+
+@dataclass
+class Outcome:
+    key: str
+    state: str                 # done, failed, skipped (already finished), waiting (a dependency failed)
+    seconds: float = 0.0
+    run_dir: str = ""
+    log: str = ""
+    error: str = ""
+
+
+@dataclass
+class SweepResult:
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(o.state in ("done", "skipped") for o in self.outcomes.values())
+
+    def count(self, state: str) -> int:
+        return sum(o.state == state for o in self.outcomes.values())
+
+    def summary(self) -> str:
+        lines = [f"sweep: {self.count('done')} done, {self.count('failed')} failed, {self.count('skipped')} skipped "
+                 f"(already finished), {self.count('waiting')} not started (a dependency failed)"]
+        for o in self.outcomes.values():
+            extra = f"{o.seconds:7.0f} s" if o.state == "done" else ""
+            if o.state == "failed":
+                extra = f"{o.error}; run {o.run_dir}, log {o.log}"
+            elif o.state == "waiting":
+                extra = o.error
+            lines.append(f"  {o.state:8s} {o.key:32s} {extra}")
+        return "\n".join(lines)
+
+
+def log_path(log_root: Path, job: Job) -> Path:
+    return Path(log_root) / f"{job.key}.log"
+
+
+def _payload(job: Job, threads: int) -> dict:
+    return {"key": job.key, "notebook": job.notebook, "seed": job.seed, "label": job.label,
+            "config": {**job.config, "progress": False}, "deps": list(job.deps), "pair": job.pair,
+            "threads": threads}
+
+
+def run_payload(payload: dict) -> str:
+    """Run one job described by `_payload` in this process (a worker's or a Slurm job's body)."""
+    import torch
+
+    threads = int(payload.get("threads") or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    job = Job(payload["key"], payload["notebook"], int(payload["seed"]), payload["label"], payload["config"],
+              tuple(payload["deps"]), payload.get("pair"))
+    return str(job.run())
+
+
+# ------------------------------------------------------------------------------------ scheduling
+def sweep(jobs: list[Job], executor: str = "local", *, workers: int | None = None, threads: int = 1,
+          log_root: str | Path, slurm: dict | None = None, log=print, poll: float = 0.5) -> SweepResult:
+    """Run the plan's unfinished jobs, each once its dependencies are done; never runs a job twice
+    at the same time, never starts one whose dependency failed."""
+    if executor not in EXECUTORS:
+        raise PlanError(f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise PlanError(f"threads per worker must be an integer >= 1, got {threads!r}")
+    if workers is None:
+        workers = max(1, (os.cpu_count() or 1) // threads)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise PlanError(f"workers must be an integer >= 1, got {workers!r}")
+    log_root = Path(log_root)
+    result = SweepResult()
+    pending: dict[str, Job] = {}
+    for j in jobs:
+        state = j.status()
+        if state == "done":
+            result.outcomes[j.key] = Outcome(j.key, "skipped", run_dir=str(j.run_dir))
+        else:
+            pending[j.key] = j
+    log(f"sweep: {len(jobs)} runs in the plan, {len(pending)} to train ({executor}, "
+        + (f"{workers} workers x {threads} thread(s))" if executor == "local" else "one Slurm job each)"))
+    backend = _Local(workers, threads, log_root) if executor == "local" else _Submitit(threads, log_root, slurm or {})
+    running: dict[str, tuple[object, float]] = {}
+    waited_for = {d for j in jobs for d in j.deps}  # start the jobs others wait for (teachers, references) first
+    pending = dict(sorted(pending.items(), key=lambda kv: kv[0] not in waited_for))
+    while pending or running:
+        for key, (handle, t0) in list(running.items()):
+            finished, error = backend.poll(handle)
+            if not finished:
+                continue
+            del running[key]
+            job = jobs_by_key(jobs)[key]
+            out = Outcome(key, "failed" if error else "done", time.time() - t0, str(job.run_dir),
+                          str(backend.log_of(job, handle)), error or "")
+            result.outcomes[key] = out
+            log(f"  {out.state:6s} {key} ({out.seconds:.0f} s)" + (f": {error}; log {out.log}" if error else ""))
+        for key, job in list(pending.items()):
+            failed = [d for d in job.deps if result.outcomes.get(d) and result.outcomes[d].state in ("failed", "waiting")]
+            if failed:
+                result.outcomes[key] = Outcome(key, "waiting", run_dir=str(job.run_dir),
+                                               error=f"waits for {', '.join(failed)}, which did not finish")
+                del pending[key]
+                continue
+            ready = all(result.outcomes.get(d) and result.outcomes[d].state in ("done", "skipped") for d in job.deps)
+            if ready and backend.has_room(len(running)):
+                log(f"  start  {key}")
+                running[key] = (backend.start(job), time.time())
+                del pending[key]
+        if running:
+            time.sleep(poll)
+    log(result.summary())
+    write_json_atomic(log_root / "last_sweep.json", {k: vars(o) for k, o in result.outcomes.items()})
+    return result
+
+
+def jobs_by_key(jobs: list[Job]) -> dict[str, Job]:
+    return {j.key: j for j in jobs}
+
+
+class _Local:
+    """Worker processes of `threads` threads each, at most `workers` at a time."""
+
+    def __init__(self, workers: int, threads: int, log_root: Path):
+        self.workers, self.threads, self.log_root = workers, threads, log_root
+
+    def has_room(self, n_running: int) -> bool:
+        return n_running < self.workers
+
+    def start(self, job: Job):
+        path = log_path(self.log_root, job)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        spec = path.with_suffix(".job.json")
+        write_json_atomic(spec, _payload(job, self.threads))
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
+               "PYTHONUNBUFFERED": "1"}
+        f = open(path, "a")
+        f.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} start {job.key} ({job.run_dir})\n")
+        f.flush()
+        proc = subprocess.Popen([sys.executable, "-m", "absld_core.sweep", str(spec)], stdout=f,
+                                stderr=subprocess.STDOUT, env=env)
+        return proc, f, path
+
+    def poll(self, handle) -> tuple[bool, str | None]:
+        proc, f, path = handle
+        rc = proc.poll()
+        if rc is None:
+            return False, None
+        f.close()
+        if rc == 0:
+            return True, None
+        tail = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()][-1:]
+        why = f"exit status {rc}" if rc > 0 else f"killed by signal {-rc}"
+        return True, why + (f" ({tail[0][:200]})" if tail and rc > 0 else "")
+
+    def log_of(self, job: Job, handle) -> Path:
+        return handle[2]
+
+
+class _Submitit:
+    """One submitit job per run (Slurm; cluster='local' runs submitit's own local executor). A job is
+    checkpointable: on preemption or timeout submitit requeues it, and it resumes from last.pt."""
+
+    def __init__(self, threads: int, log_root: Path, slurm: dict):
+        try:
+            import submitit
+        except ImportError as e:
+            raise PlanError("the submitit executor needs submitit: pip install submitit") from e
+        opts = dict(slurm)
+        cluster = opts.pop("cluster", None)  # None: Slurm when sbatch is there; "local": submitit's local executor
+        self.max_parallel = int(opts.pop("max_parallel", 0) or 0)
+        self.folder = Path(log_root) / "submitit"
+        self.executor = submitit.AutoExecutor(folder=str(self.folder / "%j"), cluster=cluster)
+        params = {"timeout_min": int(opts.pop("timeout_min", 60 * 24)), "cpus_per_task": int(opts.pop("cpus_per_task", threads)),
+                  "name": "absld"}
+        for k in ("gpus_per_node", "mem_gb"):
+            if opts.get(k) is not None:
+                params[k] = opts.pop(k)
+        opts = {k: v for k, v in opts.items() if v is not None}
+        if self.executor.cluster == "slurm":
+            params.update({f"slurm_{k}": v for k, v in opts.items()})  # partition, account, qos, ...
+            params["slurm_additional_parameters"] = {"requeue": True}
+        self.executor.update_parameters(**params)
+        self.threads = params["cpus_per_task"]
+
+    def has_room(self, n_running: int) -> bool:
+        return not self.max_parallel or n_running < self.max_parallel
+
+    def start(self, job: Job):
+        self.executor.update_parameters(name=f"absld-{job.key.replace('/', '-')}")
+        return self.executor.submit(_Checkpointable(), _payload(job, self.threads))
+
+    def poll(self, handle) -> tuple[bool, str | None]:
+        if not handle.done():
+            return False, None
+        try:
+            handle.result()
+        except Exception as e:  # submitit re-raises the job's error (or says why the job died)
+            return True, f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''}"
+        return True, None
+
+    def log_of(self, job: Job, handle) -> Path:
+        return Path(handle.paths.stderr)
+
+
+def _checkpointable_base():
+    try:
+        from submitit.helpers import Checkpointable
+        return Checkpointable
+    except ImportError:
+        return object
+
+
+class _Checkpointable(_checkpointable_base()):
+    """A submitit job body: runs the payload; on preemption or timeout it is requeued with the same
+    payload (submitit's Checkpointable), and the run resumes from its last.pt."""
+
+    def __call__(self, payload: dict) -> str:
+        return run_payload(payload)
+
+
+def main(argv: list[str]) -> int:
+    payload = json.loads(Path(argv[0]).read_text())
+    print(run_payload(payload), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
