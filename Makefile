@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= smoke
 
-.PHONY: study test env bench clean-runs
+.PHONY: study test env bench lab rehearse clean-runs
 
 $(STAMP): requirements-cpu.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,18 @@ $(STAMP): requirements-cpu.txt pyproject.toml
 
 env: $(STAMP)
 
+# the preset's trainings in parallel workers (cores / 1 thread each), then its notebooks render them
 study: $(STAMP)
+	$(VENV)/bin/absld sweep --preset $(PRESET)
 	$(VENV)/bin/absld study --preset $(PRESET)
+
+# the preset's notebooks shrunk for a CPU, with the real run's cost report (make rehearse PRESET=paper)
+rehearse: $(STAMP)
+	$(VENV)/bin/absld study --preset $(PRESET) --rehearse
+
+# JupyterLab on the notebooks; as root (containers) it needs --allow-root, added here when needed
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra tests

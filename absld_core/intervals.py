@@ -201,7 +201,9 @@ def describe(d: Difference, metric: str, a: str | None = None, b: str | None = N
     what = METRIC_WORDS.get(metric, f"class {metric}")
     unit = "" if metric == "nsd" else " points"
     fmt = "{:+.3f}" if metric == "nsd" else "{:+.1f}"
-    attack = d.attack.upper().replace("PGD", "PGD-").replace("CW", "CW-") if d.attack != "clean" else "clean"
+    from .plots import attack_label
+
+    attack = attack_label(d.attack)
     text = (f"{a or d.a} - {b or d.b}, {what} {attack}: {fmt.format(diff)}{unit} "
             f"(95% CI {fmt.format(lo)} to {fmt.format(hi)}; {len(d.seeds)} seed{'s' if len(d.seeds) > 1 else ''})")
     if lo <= 0 <= hi:

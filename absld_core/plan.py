@@ -74,11 +74,11 @@ class Job:
             return "changed"
         return "done" if run.finished() else "unfinished"
 
-    def run(self, log=print) -> Path:
-        """Train (or resume, or reuse) this job's run in this process."""
+    def run(self, log=print, progress: bool = True) -> Path:
+        """Train (or resume, or reuse) this job's run in this process (progress: the run's own bars)."""
         from .experiments import run_or_resume
 
-        return run_or_resume(self.resolved_config(), log=log)
+        return run_or_resume({**self.resolved_config(), "progress": progress}, log=log)
 
 
 # ------------------------------------------------------------------------------------ parameters
@@ -176,6 +176,8 @@ def student_options(P: dict) -> dict[str, dict]:
     start = max(1, round(float(P.get("ham_start_fraction", 0.42)) * int(P["epochs"])))
     ham = {"ham_start_epoch": start, "ham_early_steps": int(P.get("ham_early_steps", 2))}
     eta = float(P.get("eta", 0.1))
+    if P.get("eta_for_300_epochs"):  # the paper's total temperature travel (300 updates at eta) in fewer epochs
+        eta *= 300 / int(P["epochs"])
     return {"ham": ham, "absld_ham": {**ham, "eta": eta}, "absld": {"eta": eta},
             "trades": {"beta": float(P.get("trades_beta", 6.0))}}
 
@@ -245,9 +247,18 @@ def check(jobs: list[Job]) -> None:
                 raise PlanError(f"job {j.key} waits for {d}, which is not in the plan")
 
 
-def run_jobs(jobs: list[Job], log=print) -> dict[str, Path]:
-    """Train a notebook's jobs in this process, in plan order (each reused when already finished)."""
-    return {j.key: j.run(log=log) for j in jobs}
+def run_jobs(jobs: list[Job], log=print, progress: bool = True) -> dict[str, Path]:
+    """Train a notebook's jobs in this process, in plan order (each reused when already finished),
+    under one compact progress bar over the runs (a notebook's output stays a few lines long)."""
+    from tqdm.auto import tqdm
+
+    out = {}
+    with tqdm(total=len(jobs), desc="runs", unit="run", disable=not progress or not jobs) as bar:
+        for j in jobs:
+            bar.set_postfix_str(j.key, refresh=True)
+            out[j.key] = j.run(log=log, progress=False)
+            bar.update(1)
+    return out
 
 
 def by_label(jobs: list[Job]) -> dict[str, dict[int, Path]]:

@@ -30,6 +30,19 @@ def save(fig, path: str | Path, dpi: int = 130) -> Path:
     return path
 
 
+def attack_label(attack: str) -> str:
+    """'pgd20' -> 'PGD-20', 'cw30' -> 'CW-30', 'aa:apgd-ce+apgd-t' -> 'AA (apgd-ce+apgd-t)'."""
+    import re
+
+    a = str(attack)
+    m = re.fullmatch(r"(pgd|cw)(\d+)", a)
+    if m:
+        return f"{m.group(1).upper()}-{m.group(2)}"
+    if a.startswith("aa:"):
+        return f"AA ({a[3:]})"
+    return {"aa": "AutoAttack", "clean": "clean", "fgsm": "FGSM"}.get(a, a)
+
+
 def colours(n: int) -> list:
     """n distinct colours (tab10, then tab20): no two series share a hue family."""
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
@@ -243,30 +256,45 @@ def schedule_plot(tau_adv: np.ndarray, tau_nat: np.ndarray, classes: Sequence[st
     for ax, tau, name in ((axes[0], tau_adv, "adversarial"), (axes[1], tau_nat, "clean")):
         for c, cls in enumerate(classes):
             ax.plot(np.arange(len(tau)), tau[:, c], color=colors(c % 10), label=cls)
-        ax.set(title=f"{title}: {name}", xlabel="epoch", ylabel="temperature")
+        ax.set(title=f"{title}: {name}", xlabel="epoch (0: initial)", ylabel="temperature")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[1].legend(fontsize=8, ncols=2)
+    h, lab = axes[0].get_legend_handles_labels()
+    fig.legend(h, lab, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False, title="class")
     fig.tight_layout()
     return fig
 
 
 def soft_label_plot(images: np.ndarray, probs: np.ndarray, labels: Sequence[int], classes: Sequence[str],
-                    title: str = "Teacher soft labels"):
-    """Chosen images (N x C x H x W in [0,1]) with the bar chart of their tempered soft labels."""
+                    title: str = "Teacher soft labels", temperatures: Sequence[float] | None = None,
+                    roles: Sequence[str] | None = None):
+    """Chosen images (N x C x H x W in [0,1]) over the bar chart of their tempered soft labels: the
+    true class's bar in red (keyed), each panel's temperature and role (hardest/easiest class) printed."""
     _style()
+    from matplotlib.patches import Patch
+
     n = len(images)
-    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 4.6), gridspec_kw={"height_ratios": [1, 1.1]}, squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(2.7 * n, 4.9), gridspec_kw={"height_ratios": [1, 1.1]}, squeeze=False)
     for i in range(n):
         img = np.transpose(images[i], (1, 2, 0))
         axes[0, i].imshow(img.squeeze(), cmap="gray" if img.shape[2] == 1 else None, vmin=0, vmax=1)
         axes[0, i].set_axis_off()
-        axes[0, i].set_title(f"true: {classes[labels[i]]}", fontsize=9)
+        head = f"true: {classes[labels[i]]}" + (f" ({roles[i]})" if roles is not None else "")
+        axes[0, i].set_title(head, fontsize=9)
         col = ["crimson" if c == labels[i] else "steelblue" for c in range(len(classes))]
         axes[1, i].bar(range(len(classes)), probs[i], color=col)
         axes[1, i].set_ylim(0, 1)
-        axes[1, i].set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+        axes[1, i].set_xticks(range(len(classes)), classes, rotation=_rotation(classes), fontsize=7)
+        if temperatures is not None:
+            axes[1, i].text(0.97, 0.95, f"tau = {temperatures[i]:.2f}", transform=axes[1, i].transAxes, ha="right",
+                            va="top", fontsize=8, bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
+        if i == 0:
+            axes[1, i].set_ylabel("teacher probability")
+        else:
+            axes[1, i].set_yticklabels([])
+    fig.legend(handles=[Patch(color="crimson", label="true class"), Patch(color="steelblue", label="other classes")],
+               loc="lower center", ncols=2, fontsize=8, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
 
 

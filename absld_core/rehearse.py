@@ -32,9 +32,9 @@ from . import plan, study
 
 SHARED_JPEG = study.ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 # what a rehearsal shrinks (the preset keeps everything else); milestones scale with the epochs
-REHEARSAL = {"epochs": 6, "train_per_class": 4, "val_per_class": 2, "test_per_class": 2, "batch_size": 8,
+REHEARSAL = {"epochs": 4, "train_per_class": 2, "val_per_class": 1, "test_per_class": 2, "batch_size": 10,
              "aa_iters": 2, "device": "cpu"}
-PER_NOTEBOOK = {"01_smoothness_vs_fairness": {"reference_epochs": 3}, "02_teacher": {"teacher_epochs": 3},
+PER_NOTEBOOK = {"01_smoothness_vs_fairness": {"reference_epochs": 2}, "02_teacher": {"teacher_epochs": 2},
                 "05_temperature_explorer": {"device": "cpu"}}
 OFFICIAL_FILE_DATASETS = ("cifar10",)
 TRAIN_SIZES = {"cifar10": (50000, 10, (3, 32, 32)), "cifar100": (50000, 100, (3, 32, 32)),
@@ -63,6 +63,26 @@ def write_cifar10_fixture(dest: str | Path, train_per_class: int = 8, test_per_c
     _dump(folder / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": yte.tolist(),
                                   "data": xte.reshape(len(yte), -1), "filenames": [f"{j}.png" for j in range(len(yte))]})
     _dump(folder / "batches.meta", {"label_names": classes, "num_cases_per_batch": len(shards[0]), "num_vis": 3072})
+    return dest
+
+
+def write_imagefolder_fixture(dest: str | Path, train_per_class: int = 8, test_per_class: int = 4,
+                              source: str | Path | None = SHARED_JPEG) -> Path:
+    """A small image folder (train/<class>/*.png, test/<class>/*.png) in the layout `imagefolder` reads,
+    from the CIFAR-10 JPEG copy when `source` exists, else synthetic images."""
+    from PIL import Image
+
+    dest = Path(dest)
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    if source is not None and Path(source).is_file():
+        (xtr, ytr), (xte, yte) = _from_jpeg_tar(Path(source), classes, train_per_class, test_per_class)
+    else:
+        (xtr, ytr), (xte, yte) = _synthetic(classes, train_per_class, test_per_class)
+    for split, x, y in (("train", xtr, ytr), ("test", xte, yte)):
+        for i, (img, label) in enumerate(zip(x, y)):
+            folder = dest / split / classes[int(label)]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.transpose(1, 2, 0)).save(folder / f"{i:05d}.png")
     return dest
 
 
@@ -215,15 +235,19 @@ def step_cost(cfg_dict: dict, teacher_model: dict | None, num_classes: int, imag
             "state_bytes": 4 * (3 * n_params + t_params), "params": n_params, "teacher_params": t_params}
 
 
-def cost_report(jobs: list[plan.Job], tflops: float = 100.0, log=print) -> list[dict]:
+def cost_report(jobs: list[plan.Job], tflops: float = 100.0, shape_hint: tuple | None = None) -> list[dict]:
     """Per training of the real plan: epochs, steps, FLOPs per step / epoch / in all, memory per batch,
-    and a time estimate at `tflops` sustained (an assumption, stated as such)."""
+    and a time estimate at `tflops` sustained (an assumption, stated as such). shape_hint: (classes,
+    image shape) of an image folder, so that its size follows from train_per_class without decoding it."""
     rows, cache = [], {}
     teachers = {j.key: j.config["model"] for j in jobs if j.label in ("teacher", "reference")}
     for j in jobs:
         cfg = j.config if j.pair is None else {**j.config, "method": _pair_method(j)}
         data = cfg["data"]
         n_train, C, shape = TRAIN_SIZES.get(data["dataset"], (None, None, None))
+        if n_train is None and shape_hint is not None and data.get("train_per_class"):
+            C, shape = shape_hint
+            n_train = data["train_per_class"] * C
         if n_train is None:
             from .config import TrainConfig
             from .engine import prepare_data
@@ -277,9 +301,12 @@ def rehearsal_overrides(spec: dict, out: Path) -> list[str]:
             declared = study._declared(study.ROOT / "notebooks" / f"{nb}.ipynb")
             over += [f"{nb}.{k}={v}" for k, v in values.items() if k in declared]
     dataset = spec["parameters"].get("dataset")
+    n_train, n_test = REHEARSAL["train_per_class"] + REHEARSAL["val_per_class"], REHEARSAL["test_per_class"]
     if dataset in OFFICIAL_FILE_DATASETS:
-        root = write_cifar10_fixture(out / "data" / dataset, train_per_class=REHEARSAL["train_per_class"]
-                                     + REHEARSAL["val_per_class"], test_per_class=REHEARSAL["test_per_class"])
+        root = write_cifar10_fixture(out / "data" / dataset, train_per_class=n_train, test_per_class=n_test)
+        over.append(f"data_root={root}")
+    elif dataset == "imagefolder":
+        root = write_imagefolder_fixture(out / "data" / "imagefolder", train_per_class=n_train, test_per_class=n_test)
         over.append(f"data_root={root}")
     elif dataset in ("cifar100", "svhn"):
         raise study.StudyError(f"no rehearsal fixture for {dataset} yet; rehearse a cifar10, imagefolder or digits preset")
@@ -296,8 +323,14 @@ def rehearse(preset: str, overrides: list[str] | None = None, out_root: str | Pa
     out.mkdir(parents=True, exist_ok=True)
     spec = study.load_preset(preset, overrides)
     real = plan.study_plan(preset, overrides)
-    log(format_report(cost_report(real, tflops), tflops))
     shrink = rehearsal_overrides(spec, out)
+    hint = None
+    root = [o.split("=", 1)[1] for o in shrink if o.startswith("data_root=")]
+    if root and spec["parameters"].get("dataset") == "imagefolder":
+        from .data import load_dataset
+        ds = load_dataset("imagefolder", root[0], cache=False)
+        hint = (ds.num_classes, ds.image_shape)
+    log(format_report(cost_report(real, tflops, hint), tflops))
     log(f"\nrehearsal of {spec['name']!r} on the CPU ({', '.join(shrink)}) -> {out}")
     t0 = time.time()
     rc = study.run_study(preset, overrides + shrink, force=False, out_root=out, log=log)

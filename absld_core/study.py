@@ -45,7 +45,8 @@ PARAM_NAMES = ("preset", "run_root", "figure_dir", "dataset", "data_root", "trai
                # notebook 02
                "teacher_method", "teacher_arch", "teacher_width", "teacher_epochs", "teacher_checkpoint",
                # notebook 03 (and 04)
-               "methods", "ham_start_fraction", "ham_early_steps", "eta", "trades_beta")
+               "methods", "ham_start_fraction", "ham_early_steps", "eta", "eta_for_300_epochs", "trades_beta",
+               "ham_paper_schedule")
 
 
 def base_config(p: dict, name: str, method: dict, **over) -> dict:
@@ -85,14 +86,14 @@ def params_from(namespace: dict, extra: tuple = ()) -> dict:
 
 def notebook_setup(namespace: dict) -> dict:
     """A notebook's first code: relative paths (run_root, figure_dir, teachers) mean the same folder in
-    JupyterLab as under `absld study`: a kernel started in the repository's notebooks/ folder moves to
-    the repository root, where `make study` writes runs/ and figures/ (papermill already starts in the
-    study's root). Makes figure_dir, sets table display, returns the notebook's parameters."""
+    JupyterLab as under `absld study`: a kernel started in the repository's notebooks/ folder (or in a
+    notebooks/ folder beside a study's runs/) moves to its parent, where `make study` writes runs/ and
+    figures/ (papermill already starts in the study's root). Makes figure_dir, sets table display, returns the notebook's parameters."""
     import pandas as pd
 
     here = Path.cwd().resolve()
-    if here == (ROOT / "notebooks").resolve():
-        os.chdir(ROOT)
+    if here.name == "notebooks" and (here == (ROOT / "notebooks").resolve() or (here.parent / "runs").is_dir()):
+        os.chdir(here.parent)  # the repository (or a study's --out folder holding runs/)
     pd.set_option("display.precision", 2)
     pd.set_option("display.max_columns", 40)
     pd.set_option("display.width", 160)

@@ -36,6 +36,7 @@ class Explorer:
         # the images: the test images of the hardest and easiest classes by the last recorded adv risk
         order = np.argsort(-self.risk_adv[-1])
         picks = [int(c) for c in np.concatenate([order[: (n_images + 1) // 2], order[::-1][: n_images // 2]])]
+        self.roles = [f"hard #{i + 1}" for i in range((n_images + 1) // 2)] + [f"easy #{i + 1}" for i in range(n_images // 2)]
         idx = [int(torch.nonzero(ds.test_y == c)[0]) for c in picks]
         self.images = ds.test_x[idx].float() / 255
         self.labels = ds.test_y[idx]
@@ -63,6 +64,7 @@ class Explorer:
             ax.axvline(e, color="k", lw=1, ls=":")
         probs = soft_labels(self.teacher_logits, self.labels, ta[e])
         fig2 = plots.soft_label_plot(self.images.numpy(), probs, self.labels.tolist(), self.classes,
+                                     temperatures=[float(ta[e][int(c)]) for c in self.labels], roles=self.roles,
                                      title=f"Adversarial soft labels at epoch {e} (eta={s.eta:g}, "
                                            f"tau in [{s.tau_min:g}, {s.tau_max:g}]{', coupled' if s.coupled else ''})")
         return fig1, fig2

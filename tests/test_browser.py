@@ -37,6 +37,22 @@ def lab(tmp_path):
     pm.execute_notebook(str(ROOT / "notebooks" / "05_temperature_explorer.ipynb"), str(nb), prepare_only=True,
                         parameters={"run": str(run), "interactive": True, "figure_dir": str(tmp_path / "fig")},
                         kernel_name="absld")
+    yield from _jupyterlab(tmp_path)
+
+
+@pytest.fixture
+def lab_after_study(tmp_path):
+    """A tiny smoke study in tmp_path (runs/ and figures/), and the repository's own notebooks/ beside it,
+    as a clone looks after `make study`."""
+    from absld_core.study import run_study
+    from test_study import TINY
+
+    assert run_study("smoke", [t for t in TINY if not t.startswith("05_")], out_root=tmp_path, log=lambda *_: None) == 0
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    yield from _jupyterlab(tmp_path)
+
+
+def _jupyterlab(tmp_path):
     port, token = _free_port(), "absldtest"
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "jcfg"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "jrt")}
     proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
@@ -60,6 +76,62 @@ def lab(tmp_path):
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def _driver(tmp):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,1600", f"--user-data-dir={tmp / 'chrome'}"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(DRIVER), options=opts)
+
+
+def _run_all_and_wait_for_plots(driver, url, token, path, n=2):
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(f"{url}/lab/tree/{path}?token={token}")
+    wait = WebDriverWait(driver, 180, poll_frequency=0.5)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell"))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator[data-status='idle']")
+               or d.find_elements(By.XPATH, "//*[contains(@title, 'Kernel status: Idle')]")
+               or d.find_elements(By.XPATH, "//*[contains(text(), 'Idle')]"))
+    [e for e in driver.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-itemLabel") if e.text == "Run"][0].click()
+    wait.until(lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, ".lm-Menu-itemLabel") if e.text == "Run All Cells"])
+    [e for e in driver.find_elements(By.CSS_SELECTOR, ".lm-Menu-itemLabel") if e.text == "Run All Cells"][0].click()
+
+    def shown(d):
+        try:
+            now = [i.get_attribute("src") for i in d.find_elements(
+                By.CSS_SELECTOR, ".widget-output img, .jupyter-widgets-output-area img")]
+        except StaleElementReferenceException:
+            return False
+        return now if len(now) >= n else False
+
+    return wait.until(shown)
+
+
+def test_explorer_opened_directly_after_a_study_shows_its_plots_without_retraining(lab_after_study):
+    """The repository's 05 notebook opened as is (kernel in notebooks/) after a study: it finds the
+    study's ABSLD run at the repository root and draws, and no run is trained or changed."""
+    url, token, tmp = lab_after_study
+    runs = tmp / "runs" / "smoke" / "s0"
+    before = {p.name: (p / "history.jsonl").read_text() for p in runs.iterdir() if (p / "history.jsonl").is_file()}
+    driver = _driver(tmp)
+    try:
+        assert len(_run_all_and_wait_for_plots(driver, url, token, "notebooks/05_temperature_explorer.ipynb")) >= 2
+    finally:
+        driver.quit()
+    after = {p.name: (p / "history.jsonl").read_text() for p in runs.iterdir() if (p / "history.jsonl").is_file()}
+    assert after == before
+    assert not (tmp / "notebooks" / "runs").exists()
 
 
 def test_moving_a_slider_redraws_the_plot(lab):

@@ -121,3 +121,27 @@ def test_per_image_files_load_no_pickles(tmp_path):
     assert y.tolist() == [0, 1] and c["pgd20"].tolist() == [True, False]
     with pytest.raises(FileNotFoundError, match="evaluate the run again"):
         load_per_image(tmp_path / "missing.npz")
+
+
+def test_a_zero_difference_gives_an_interval_containing_zero_about_95_percent_of_the_time(tmp_path):
+    """Two methods with the same true class accuracies, independent errors on the same images: over
+    100 draws the paired interval of the worst-class and average differences contains 0 in about 95."""
+    rng = np.random.default_rng(6)
+    hits = {"avg": 0, "0": 0}
+    trials = 100
+    for t in range(trials):
+        a = {0: bernoulli_run(tmp_path / f"a{t}", rng, [0.7, 0.9], n_per_class=80)}
+        b = {0: bernoulli_run(tmp_path / f"b{t}", rng, [0.7, 0.9], n_per_class=80)}
+        d = intervals.paired_difference(a, b, "pgd20", n_boot=400, seed=t)
+        for m in hits:
+            hits[m] += not d.distinguishable(m)
+    for m, h in hits.items():
+        assert 0.87 <= h / trials <= 1.0, (m, h)
+
+
+def test_a_large_true_difference_excludes_zero(tmp_path):
+    rng = np.random.default_rng(7)
+    a = {s: bernoulli_run(tmp_path / f"a{s}", rng, [0.9, 0.9]) for s in range(3)}
+    b = {s: bernoulli_run(tmp_path / f"b{s}", rng, [0.5, 0.9]) for s in range(3)}
+    d = intervals.paired_difference(a, b, "pgd20", n_boot=500)
+    assert d.distinguishable("worst") and d["worst"][1] > 20 and d.distinguishable("0")

@@ -1,5 +1,8 @@
 """The study: every notebook through papermill with tiny parameters, skipping, refusals, failures."""
 import json
+import os
+
+import pandas as pd
 
 import nbformat
 import pytest
@@ -9,7 +12,7 @@ from absld_core.study import NOTEBOOKS, ROOT, StudyError, load_preset, resolve_p
 TINY = ["train_per_class=25", "val_per_class=5", "test_per_class=6", "epochs=2", "steps=2", "width=4",
         "batch_size=32", "test_attacks=clean,fgsm,pgd20,cw5", "01_smoothness_vs_fairness.reference_epochs=1",
         "02_teacher.teacher_epochs=2", "02_teacher.teacher_width=8", "03_students.ham_early_steps=1",
-        "05_temperature_explorer.finetune_epochs=1"]
+        "05_temperature_explorer.finetune_epochs=1", "seeds=[0,1]"]
 
 
 def test_notebooks_are_committed_without_outputs_and_parameterised():
@@ -36,28 +39,71 @@ def test_every_notebook_runs_and_leaves_runs_and_figures(smoke_study):
     for name in NOTEBOOKS:
         nb = nbformat.read(runs / "notebooks" / f"{name}.ipynb", as_version=4)
         assert all(o.get("output_type") != "error" for c in nb.cells for o in c.get("outputs", [])), name
-    for run in ("reference", "ssd-kd", "dsd-kd", "ssd-ls", "dsd-ls", "teacher", "student-pgd_at", "student-trades",
-                "student-rslad", "student-absld", "student-ham", "student-absld_ham", "student-absld-finetune"):
-        metrics = json.loads((runs / run / "metrics.json").read_text())["rows"]
-        for row in metrics.values():
-            assert 0 <= row["avg"] <= 100 and 0 <= row["worst"] <= row["avg"] + 1e-9
-        assert metrics["pgd20"]["avg"] <= metrics["clean"]["avg"]
+    for seed in (0, 1):
+        for run in ("reference", "ssd-kd", "dsd-kd", "ssd-ls", "dsd-ls", "teacher", "student-pgd_at", "student-trades",
+                    "student-rslad", "student-absld", "student-ham", "student-absld_ham"):
+            metrics = json.loads((runs / f"s{seed}" / run / "metrics.json").read_text())["rows"]
+            for row in metrics.values():
+                assert 0 <= row["avg"] <= 100 and 0 <= row["worst"] <= row["avg"] + 1e-9
+            assert metrics["pgd20"]["avg"] <= metrics["clean"]["avg"]
+            assert (runs / f"s{seed}" / run / "per_image.npz").is_file()
     for f in ("01_smoothness_temperature.png", "01_smoothness_label_smoothing.png", "02_teacher.png",
               "04_class_bars.png", "04_heatmap.png", "04_temperatures.png", "04_kept_fraction.png",
-              "explorer_schedule.png", "explorer_soft_labels.png", "summary.md", "summary.csv"):
+              "explorer_schedule.png", "explorer_soft_labels.png", "summary.md", "summary.csv", "per_seed.csv"):
         assert (figs / f).is_file() and (figs / f).stat().st_size > 500, f
     summary = (figs / "summary.md").read_text()
-    assert "absld_ham" in summary and "pgd20 worst" in summary and "Class-wise pgd20 accuracy" in summary
+    assert "absld_ham" in summary and "## pgd20: mean over seeds [95% interval]" in summary
+    assert "(b) ABSLD beats RSLAD on the worst class and NSD" in summary and "95% CI" in summary
+    per_seed = pd.read_csv(figs / "per_seed.csv")
+    assert list(per_seed.columns[:7]) == ["method", "seed", "attack", "avg", "worst", "worst_class", "nsd"]
+    assert set(per_seed["seed"]) == {0, 1} and "absld" in set(per_seed["method"])
     assert (figs / "class_wise_pgd20.csv").is_file()
-    hist = [json.loads(l) for l in (runs / "student-absld" / "history.jsonl").read_text().splitlines()]
+    hist = [json.loads(l) for l in (runs / "s0" / "student-absld" / "history.jsonl").read_text().splitlines()]
     assert len(hist) == 2 and len(hist[-1]["tau_adv"]) == 10
     # the explorer's fine-tune (recorded settings) trains with the temperatures the run ended at
-    ft = [json.loads(l) for l in (runs / "student-absld-finetune" / "history.jsonl").read_text().splitlines()]
+    ft = [json.loads(l) for l in (runs / "s0" / "student-absld-finetune" / "history.jsonl").read_text().splitlines()]
     assert ft[0]["tau_adv"] == pytest.approx(hist[-1]["tau_adv"], abs=1e-6)
     assert ft[0]["tau_nat"] == pytest.approx(hist[-1]["tau_nat"], abs=1e-6)
     nb1 = nbformat.read(runs / "notebooks" / "01_smoothness_vs_fairness.ipynb", as_version=4)
     text = "".join(o.get("data", {}).get("text/markdown", "") for c in nb1.cells for o in c.get("outputs", []))
-    assert text.count("worst-class PGD accuracy") == 2  # the statement computed from the run's numbers
+    # the statements are computed from paired differences over both seeds, one per smoothness kind
+    assert text.count("DSD (temperature) - SSD (temperature), worst-class PGD-20") == 1
+    assert text.count("DSD (label smoothing) - SSD (label smoothing), worst-class PGD-20") == 1
+    assert text.count("2 seeds") >= 6
+
+
+def test_notebooks_opened_from_the_notebooks_folder_find_the_study_runs(smoke_study, tmp_path, monkeypatch):
+    """JupyterLab starts the kernel in notebooks/; a relative run_root must still mean the study root's
+    runs/ folder (the repository's, where `make study` writes), not notebooks/runs/."""
+    import papermill as pm
+
+    from absld_core import study
+
+    out, rc, _ = smoke_study
+    assert rc == 0
+    monkeypatch.chdir(ROOT / "notebooks")
+    assert study.notebook_setup({}) == {} and os.getcwd() == str(ROOT)
+    kernel_home = out / "notebooks"  # a notebooks/ folder beside the study's runs/, as in the repository
+    kernel_home.mkdir(exist_ok=True)
+    for nb in ("04_class_wise_robustness", "05_temperature_explorer"):
+        dst = tmp_path / f"{nb}.ipynb"
+        pm.execute_notebook(str(ROOT / "notebooks" / f"{nb}.ipynb"), str(dst), kernel_name="absld",
+                            parameters={"run_root": "runs/smoke", "figure_dir": str(tmp_path / "figs"),
+                                        "seeds": [0, 1], "interactive": False},
+                            cwd=str(kernel_home), progress_bar=False, execution_timeout=300)
+    assert (tmp_path / "figs" / "per_seed.csv").is_file() and (tmp_path / "figs" / "explorer_schedule.png").is_file()
+    assert not (kernel_home / "runs").exists()
+
+
+@pytest.mark.parametrize("nb", ["04_class_wise_robustness", "05_temperature_explorer"])
+def test_reading_notebooks_say_how_to_make_runs_when_there_are_none(tmp_path, nb):
+    import papermill as pm
+
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(ROOT / "notebooks" / f"{nb}.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="absld",
+                            parameters={"run_root": str(tmp_path / "empty"), "figure_dir": str(tmp_path / "f"),
+                                        "interactive": False}, cwd=str(tmp_path), progress_bar=False)
+    assert e.value.ename == "StudyError" and "run notebooks 01-03 first, or `make study`" in e.value.evalue
 
 
 def test_rerun_skips_unchanged_and_says_why_it_reruns(smoke_study):
@@ -85,7 +131,7 @@ def test_failing_notebook_stops_the_batch_and_keeps_finished_outputs(tmp_path):
 
 
 def test_invalid_preset_and_parameters_are_refused_before_work(tmp_path):
-    with pytest.raises(StudyError, match="unknown preset 'nope'; known presets: cifar10-cpu, paper, smoke"):
+    with pytest.raises(StudyError, match="unknown preset 'nope'; known presets: cifar10-cpu, digits-paper, paper, smoke"):
         run_study("nope", out_root=tmp_path)
     with pytest.raises(StudyError, match=r"unknown parameter\(s\) \['epochz'\]"):
         run_study("smoke", ["epochz=3"], out_root=tmp_path)
@@ -103,7 +149,7 @@ def test_invalid_preset_and_parameters_are_refused_before_work(tmp_path):
 
 
 def test_presets_resolve():
-    for name in ("smoke", "cifar10-cpu", "paper"):
+    for name in ("smoke", "digits-paper", "cifar10-cpu", "paper"):
         per_nb = resolve_parameters(load_preset(name))
         assert set(per_nb) == set(NOTEBOOKS)
 

@@ -1,0 +1,39 @@
+"""The rehearsal: the paper and cifar10-cpu presets end to end on a CPU, and the cost report."""
+import re
+
+import pytest
+
+from absld_core import rehearse as R
+from absld_core.data import load_dataset
+
+
+def test_cifar10_fixture_is_read_as_the_official_files(tmp_path):
+    root = R.write_cifar10_fixture(tmp_path / "c10", train_per_class=3, test_per_class=2, source=None)
+    names = {p.name for p in (root / "cifar-10-batches-py").iterdir()}
+    assert names == {f"data_batch_{i}" for i in range(1, 6)} | {"test_batch", "batches.meta"}
+    with pytest.warns(UserWarning, match="not byte-identical to the official"):  # the real reader, checksums and all
+        ds = load_dataset("cifar10", root)
+    assert ds.train_x.shape == (30, 3, 32, 32) and ds.test_x.shape == (20, 3, 32, 32)
+    assert ds.classes[0] == "airplane" and sorted(ds.train_y.bincount().tolist()) == [3] * 10
+
+
+@pytest.mark.parametrize("preset", ["paper", "cifar10-cpu"])
+def test_rehearsal_runs_every_notebook_and_reports_the_cost(tmp_path, preset):
+    lines = []
+    assert R.rehearse(preset, out_root=tmp_path, log=lines.append) == 0, "\n".join(lines[-30:])
+    text = "\n".join(lines)
+    figs = tmp_path / "rehearse" / "figures" / preset
+    for f in ("01_smoothness_temperature.png", "02_teacher.png", "04_heatmap.png", "04_class_bars.png",
+              "explorer_schedule.png", "summary.md", "per_seed.csv"):
+        assert (figs / f).is_file(), f
+    assert "Cost of the real run" in text and "estimate_hours is an ESTIMATE" in text
+    report = text[text.index("Cost of the real run"):text.index("rehearsal of")]
+    teacher = [l for l in report.splitlines() if l.startswith("s0/teacher ")][0]
+    student = [l for l in report.splitlines() if l.startswith("s0/student-absld ")][0]
+    if preset == "paper":
+        assert "wrn w10" in teacher and "resnet18" in student
+        assert " 300 " in student and " 100 " in teacher  # the real epochs, not the rehearsal's
+        summary = (figs / "summary.md").read_text()
+        assert "## aa: mean over seeds" in summary  # standard AutoAttack ran in the rehearsal
+    total = re.search(r"total: ([\d.]+) PFLOP", report)
+    assert total and float(total.group(1)) > 0
