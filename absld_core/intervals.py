@@ -1,9 +1,10 @@
 """Means over seeds with 95% intervals, and paired differences between methods, class by class.
 
-    per_seed = per_seed_table({"absld": {0: run0, 1: run1}, "rslad": {...}})     # one row per run and attack
+    runs = {"new": {0: run_dir_0, 1: run_dir_1}, "old": {0: ..., 1: ...}}    # label -> seed -> run directory
+    per_seed = per_seed_table(runs)                     # one row per run and attack
     table = summarise(runs, "pgd20")                    # mean and 95% CI of Avg, Worst, NSD, each class
-    d = paired_difference(runs["absld"], runs["rslad"], "pgd20")   # ABSLD - RSLAD, same seeds and images
-    print(describe(d, "worst", "ABSLD", "RSLAD"))
+    d = paired_difference(runs["new"], runs["old"], "pgd20")   # new - old, same seeds and images
+    print(describe(d, "worst", "New", "Old"))
 
 The interval is a bootstrap over what varies between repetitions of the study: the seeds (resampled
 with replacement when there are two or more) and, within each seed, the test images (resampled within

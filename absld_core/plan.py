@@ -178,8 +178,13 @@ def student_options(P: dict) -> dict[str, dict]:
     eta = float(P.get("eta", 0.1))
     if P.get("eta_for_300_epochs"):  # the paper's total temperature travel (300 updates at eta) in fewer epochs
         eta *= 300 / int(P["epochs"])
-    return {"ham": ham, "absld_ham": {**ham, "eta": eta}, "absld": {"eta": eta},
-            "trades": {"beta": float(P.get("trades_beta", 6.0))}}
+    from .methods.absld import ABSLD
+    from .methods.absld_ham import ABSLDHAM
+    from .methods.ham import HAM
+    from .methods.trades import TRADES
+
+    return {HAM.name: ham, ABSLDHAM.name: {**ham, "eta": eta}, ABSLD.name: {"eta": eta},
+            TRADES.name: {"beta": float(P.get("trades_beta", 6.0))}}
 
 
 def teacher_of(P: dict, seed: int) -> tuple[str, tuple[str, ...]]:

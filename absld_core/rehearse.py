@@ -20,6 +20,7 @@ A time is given only as an estimate: FLOPs divided by an assumed sustained throu
 """
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import tarfile
@@ -259,7 +260,9 @@ def cost_report(jobs: list[plan.Job], tflops: float = 100.0, shape_hint: tuple |
         teacher_model = teachers.get(j.deps[0]) if j.deps else None
         if teacher_model is None and cfg["method"].get("teacher"):
             teacher_model = {"arch": cfg["method"]["teacher"].get("arch") or cfg["model"]["arch"]}
-        key = (j.label, cfg["model"]["arch"], cfg["model"].get("width"), str(teacher_model), cfg["method"]["name"])
+        key = json.dumps([cfg["model"], teacher_model, cfg["method"], cfg["attack"], cfg["optim"]["batch_size"]],
+                         sort_keys=True, default=str)  # runs that differ only in name, seed or teacher path share a probe
+        key = key.replace(str(cfg["method"].get("teacher", {}).get("checkpoint", "")), "")
         if key not in cache:
             cache[key] = step_cost(cfg, teacher_model, C, shape)
         c = cache[key]
@@ -267,8 +270,9 @@ def cost_report(jobs: list[plan.Job], tflops: float = 100.0, shape_hint: tuple |
         steps = math.ceil(n_train / batch)
         flops_epoch = c["flops_per_image"] * n_train
         mem = c["state_bytes"] + c["saved_bytes_per_image"] * batch
+        uses_width = cfg["model"]["arch"] in ("small_cnn", "wrn")  # resnet18 and the others have one width
         row = {"run": j.key, "method": cfg["method"]["name"], "model": f"{cfg['model']['arch']}"
-               + (f" w{cfg['model']['width']}" if cfg["model"].get("width") else ""), "epochs": epochs,
+               + (f" w{cfg['model']['width']}" if cfg["model"].get("width") and uses_width else ""), "epochs": epochs,
                "steps": steps * epochs, "attack_steps_per_batch": cfg["attack"]["steps"],
                "gflops_per_step": c["flops_per_image"] * batch / 1e9, "pflops_per_epoch": flops_epoch / 1e15,
                "pflops_total": flops_epoch * epochs / 1e15, "batch_memory_gib": mem / 2**30,

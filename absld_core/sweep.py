@@ -198,7 +198,7 @@ class _Submitit:
         self.folder = Path(log_root) / "submitit"
         self.executor = submitit.AutoExecutor(folder=str(self.folder / "%j"), cluster=cluster)
         params = {"timeout_min": int(opts.pop("timeout_min", 60 * 24)), "cpus_per_task": int(opts.pop("cpus_per_task", threads)),
-                  "name": "absld"}
+                  "name": "absld-study"}
         for k in ("gpus_per_node", "mem_gb"):
             if opts.get(k) is not None:
                 params[k] = opts.pop(k)
@@ -213,7 +213,7 @@ class _Submitit:
         return not self.max_parallel or n_running < self.max_parallel
 
     def start(self, job: Job):
-        self.executor.update_parameters(name=f"absld-{job.key.replace('/', '-')}")
+        self.executor.update_parameters(name=f"absld-study-{job.key.replace('/', '-')}")
         return self.executor.submit(_Checkpointable(), _payload(job, self.threads))
 
     def poll(self, handle) -> tuple[bool, str | None]:

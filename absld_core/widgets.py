@@ -33,8 +33,8 @@ class Explorer:
         self.cfg = TrainConfig.from_dict(raw)
         self.classes = rec["config"]["resolved"]["classes"]
         ds = prepare_data(self.cfg)
-        # the images: the test images of the hardest and easiest classes by the last recorded adv risk
-        order = np.argsort(-self.risk_adv[-1])
+        # the images: test images of the hardest and easiest classes by the adversarial risk over the run
+        order = np.argsort(-self.risk_adv.mean(axis=0))
         picks = [int(c) for c in np.concatenate([order[: (n_images + 1) // 2], order[::-1][: n_images // 2]])]
         self.roles = [f"hard #{i + 1}" for i in range((n_images + 1) // 2)] + [f"easy #{i + 1}" for i in range(n_images // 2)]
         idx = [int(torch.nonzero(ds.test_y == c)[0]) for c in picks]

@@ -135,57 +135,30 @@ def test_explorer_opened_directly_after_a_study_shows_its_plots_without_retraini
 
 
 def test_moving_a_slider_redraws_the_plot(lab):
-    webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, token, tmp = lab
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,1600", f"--user-data-dir={tmp / 'chrome'}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver = _driver(tmp)
     try:
-        driver.get(f"{url}/lab/tree/explorer.ipynb?token={token}")
-        wait = WebDriverWait(driver, 120, poll_frequency=0.5)
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell"))
-        # kernel idle, then Run > Run All Cells
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator[data-status='idle']")
-                   or d.find_elements(By.XPATH, "//*[contains(@title, 'Kernel status: Idle')]")
-                   or d.find_elements(By.XPATH, "//*[contains(text(), 'Idle')]"))
-        run_menu = [e for e in driver.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-itemLabel") if e.text == "Run"][0]
-        run_menu.click()
-        wait.until(lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, ".lm-Menu-itemLabel") if e.text == "Run All Cells"])
-        [e for e in driver.find_elements(By.CSS_SELECTOR, ".lm-Menu-itemLabel") if e.text == "Run All Cells"][0].click()
-
-        def plot_sources(d):
-            try:
-                imgs = d.find_elements(By.CSS_SELECTOR, ".widget-output img, .jupyter-widgets-output-area img")
-                return [i.get_attribute("src") for i in imgs]
-            except StaleElementReferenceException:  # the output area is being redrawn
-                return []
-
-        def plots_shown(d):
-            now = plot_sources(d)  # read once: a second read may catch the output area mid-redraw
-            return now if len(now) >= 2 else False
-
-        before = wait.until(plots_shown)
+        before = _run_all_and_wait_for_plots(driver, url, token, "explorer.ipynb")
         handle = driver.find_elements(By.CSS_SELECTOR, ".widget-slider .noUi-handle, .jupyter-widgets .noUi-handle")[0]
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", handle)
         handle.click()
         for _ in range(25):
             handle.send_keys(Keys.ARROW_RIGHT)
+
         def changed(d):
-            now = plot_sources(d)
+            try:
+                now = [i.get_attribute("src") for i in d.find_elements(
+                    By.CSS_SELECTOR, ".widget-output img, .jupyter-widgets-output-area img")]
+            except StaleElementReferenceException:  # the output area is being redrawn
+                return False
             return now if len(now) >= 2 and now[0] != before[0] else False
 
-        after = wait.until(changed)
+        after = WebDriverWait(driver, 120, poll_frequency=0.5).until(changed)
         assert after[0] != before[0]
         driver.save_screenshot(str(tmp / "explorer.png"))
     finally:
