@@ -144,6 +144,7 @@ class AttackConfig:
     amp_dtype: str | None = None       # training attacks: None follows the training precision; 'fp32' or 'bf16'
                                        # (evaluation attacks are always fp32)
     aa_iters: int | None = None        # AutoAttack iterations in evaluation (None: the standard 100)
+    aa_queries: int | None = None      # AutoAttack's Square queries in evaluation (None: the standard 5000)
 
     def __post_init__(self):
         from .evaluate import parse_attack
@@ -161,6 +162,8 @@ class AttackConfig:
                     raise ConfigError(f"attack.{name}: {e}") from e
         if self.aa_iters is not None:
             check_int("attack.aa_iters", self.aa_iters)
+        if self.aa_queries is not None:
+            check_int("attack.aa_queries", self.aa_queries)
         if self.amp_dtype not in (None, "fp32", "bf16"):
             raise invalid("attack.amp_dtype", self.amp_dtype, "null (as the training precision), 'fp32' or 'bf16'")
 

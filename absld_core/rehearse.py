@@ -6,7 +6,7 @@ The rehearsal runs the preset's own notebooks, configuration and code paths (arc
 widths, teacher -> students, the lr schedule with its milestones mapped onto the shortened run,
 validation and checkpoint selection, every evaluation attack including standard AutoAttack, every
 figure) and shrinks only what must shrink for a CPU: REHEARSAL below (a few batches per epoch, a
-handful of epochs, tiny evaluation subsets, AutoAttack's iteration counts, device cpu). Datasets
+handful of epochs, tiny evaluation subsets, AutoAttack's iterations and Square queries, device cpu). Datasets
 that are official files (CIFAR-10/100) are written as small fixtures in the official format, from
 the JPEG copy in ../shared/data when it is there, else from synthetic images. Everything goes to
 <out>/rehearse/ (runs/ and figures/ of the preset), never into the real runs.
@@ -34,7 +34,7 @@ from . import plan, study
 SHARED_JPEG = study.ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 # what a rehearsal shrinks (the preset keeps everything else); milestones scale with the epochs
 REHEARSAL = {"epochs": 4, "train_per_class": 2, "val_per_class": 1, "test_per_class": 2, "batch_size": 10,
-             "aa_iters": 2, "device": "cpu"}
+             "aa_iters": 2, "aa_queries": 20, "device": "cpu"}
 PER_NOTEBOOK = {"01_smoothness_vs_fairness": {"reference_epochs": 2}, "02_teacher": {"teacher_epochs": 2},
                 "05_temperature_explorer": {"device": "cpu"}}
 OFFICIAL_FILE_DATASETS = ("cifar10",)

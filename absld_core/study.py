@@ -39,7 +39,7 @@ PARAM_NAMES = ("preset", "run_root", "figure_dir", "dataset", "data_root", "trai
                "test_per_class", "augment", "pad", "arch", "width", "teacher_arch", "teacher_width", "epochs",
                "teacher_epochs", "teacher_method", "teacher_checkpoint", "batch_size", "lr", "lr_schedule",
                "eps_255", "alpha_255", "steps", "eval_alpha_255", "test_attacks", "val_attacks", "device", "seed",
-               "seeds", "test_folds", "eval_every", "precision", "aa_iters", "selection",
+               "seeds", "test_folds", "eval_every", "precision", "aa_iters", "aa_queries", "selection",
                # notebook 01
                "reference_epochs", "n_hard", "tau_sharp", "tau_smooth", "ls_sharp", "ls_smooth",
                # notebook 02
@@ -71,7 +71,7 @@ def base_config(p: dict, name: str, method: dict, **over) -> dict:
                    "steps": int(p.get("steps", d.steps)), "eval_alpha": per255("eval_alpha_255", d.eval_alpha),
                    "val_attacks": attacks(p.get("val_attacks", ",".join(d.val_attacks))),
                    "test_attacks": attacks(p.get("test_attacks", ",".join(d.test_attacks))),
-                   "aa_iters": p.get("aa_iters")},
+                   "aa_iters": p.get("aa_iters"), "aa_queries": p.get("aa_queries")},
         "method": method,
         "optim": {"epochs": int(p["epochs"]), "batch_size": int(p.get("batch_size", 128)), "lr": float(p.get("lr", 0.1)),
                   "schedule": p.get("lr_schedule", "paper300")},
