@@ -22,7 +22,8 @@ from .methods.pgd_at import PGDAT
 from .methods.rslad import RSLAD
 from .runs import RunDir, load_run
 
-DISPLAY = {ABSLD.name: "ABSLD", RSLAD.name: "RSLAD", HAM.name: "HAM", PGDAT.name: "PGD-AT", ABSLDHAM.name: "ABSLD+HAM"}
+DISPLAY = {ABSLD.name: "ABSLD", RSLAD.name: "RSLAD", HAM.name: "HAM", PGDAT.name: "PGD-AT", ABSLDHAM.name: "ABSLD+HAM",
+           plan.ETA_SCALED: "ABSLD (eta scaled)"}
 
 
 def finished_runs(P: dict) -> dict[str, dict[int, Path]]:
@@ -30,6 +31,8 @@ def finished_runs(P: dict) -> dict[str, dict[int, Path]]:
     write: run_root/s<seed>/teacher and student-<method>) that are finished and carry per-image
     results (the ones tables and intervals can use)."""
     names = {"teacher": "teacher", **{m: f"student-{m}" for m in plan.wanted_methods(P)}}
+    if P.get("compare_eta_scaling") and ABSLD.name in names:
+        names[plan.ETA_SCALED] = f"student-{ABSLD.name}-eta-scaled"
     out: dict[str, dict[int, Path]] = {}
     for label, name in names.items():
         by_seed = {s: plan.seed_root(P, s) / name for s in plan.seeds_of(P)}
@@ -73,4 +76,8 @@ def student_claims(runs: dict[str, dict[int, Path]], attack: str, classes: list[
         ok = d1["worst"][1] > 0 and d2["worst"][1] > 0
         out.append(f"(d) ABSLD+HAM beats both of its parts on the worst class: {_verdict(ok)}. "
                    f"{intervals.describe(d1, 'worst')}. {intervals.describe(d2, 'worst')}.")
+    if have(plan.ETA_SCALED, ABSLD.name):
+        d = diff(plan.ETA_SCALED, ABSLD.name)
+        out.append(f"(e) ABSLD with eta scaled to the paper's temperature travel, against the plain squeeze: "
+                   f"{intervals.describe(d, 'worst')}. {intervals.describe(d, 'avg')}. {intervals.describe(d, 'nsd')}.")
     return out

@@ -18,6 +18,7 @@ the teacher's own variance, which is what a user retraining the chain sees. An e
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,7 +178,7 @@ def student_options(P: dict) -> dict[str, dict]:
     ham = {"ham_start_epoch": start, "ham_early_steps": int(P.get("ham_early_steps", 2))}
     eta = float(P.get("eta", 0.1))
     if P.get("eta_for_300_epochs"):  # the paper's total temperature travel (300 updates at eta) in fewer epochs
-        eta *= 300 / int(P["epochs"])
+        eta = eta_scaled_for_paper(P, eta)
     from .methods.absld import ABSLD
     from .methods.absld_ham import ABSLDHAM
     from .methods.ham import HAM
@@ -197,6 +198,7 @@ def teacher_of(P: dict, seed: int) -> tuple[str, tuple[str, ...]]:
 def student_jobs(P: dict) -> list[Job]:
     from .experiments import student_configs
     from .methods import registry
+    from .methods.absld import ABSLD
     from .methods.ham import HAM
 
     out = []
@@ -207,9 +209,28 @@ def student_jobs(P: dict) -> list[Job]:
             # HAM on its paper's budget: 120 epochs, lr /10, /100, /200 at 60, 90, 110, early dropping from 50
             cfgs[HAM.name]["optim"] = {**cfgs[HAM.name]["optim"], "epochs": 120, "schedule": "ham120"}
             cfgs[HAM.name]["method"]["ham_start_epoch"] = 50
+        if P.get("compare_eta_scaling") and ABSLD.name in cfgs and not P.get("eta_for_300_epochs"):
+            # ABSLD once more with eta scaled to the paper's temperature travel, beside the plain squeeze
+            scaled = copy.deepcopy(cfgs[ABSLD.name])
+            scaled["name"] = f"{scaled['name']}-eta-scaled"
+            scaled["method"]["eta"] = eta_scaled_for_paper(P, scaled["method"]["eta"])
+            cfgs[ETA_SCALED] = scaled
         for m, cfg in cfgs.items():
-            out.append(_job("03_students", s, m, cfg, deps if registry.get(m).needs_teacher else ()))
+            needs = m == ETA_SCALED or registry.get(m).needs_teacher
+            out.append(_job("03_students", s, m, cfg, deps if needs else ()))
     return out
+
+
+ETA_SCALED = "absld_eta_scaled"  # the label of notebook 03's compare_eta_scaling run (student-absld-eta-scaled)
+
+
+def eta_scaled_for_paper(P: dict, eta: float) -> float:
+    """eta for the notebook's students such that their temperatures travel as far in total as 300
+    updates of the paper's schedule at `eta` (schedule.eta_for_paper_travel)."""
+    from .config import OptimConfig
+    from .schedule import eta_for_paper_travel
+
+    return eta_for_paper_travel(OptimConfig(epochs=int(P["epochs"]), schedule=P.get("lr_schedule", "paper300")), eta)
 
 
 def notebook_jobs(notebook: str, P: dict) -> list[Job]:

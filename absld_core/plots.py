@@ -248,8 +248,10 @@ def kept_fraction(histories: dict[str, pd.DataFrame], title: str = "Early droppi
     return fig
 
 
-def schedule_plot(tau_adv: np.ndarray, tau_nat: np.ndarray, classes: Sequence[str], title: str = "Replayed schedule"):
-    """Temperature schedules (epochs x classes arrays, row 0 = initial) as two line panels."""
+def schedule_plot(tau_adv: np.ndarray, tau_nat: np.ndarray, classes: Sequence[str], title: str = "Replayed schedule",
+                  note: str | None = None):
+    """Temperature schedules (epochs x classes arrays, row 0 = initial) as two line panels; `note` (the
+    temperature budget, say) goes under them."""
     _style()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
     colors = plt.get_cmap("tab10")
@@ -261,6 +263,8 @@ def schedule_plot(tau_adv: np.ndarray, tau_nat: np.ndarray, classes: Sequence[st
     h, lab = axes[0].get_legend_handles_labels()
     fig.legend(h, lab, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False, title="class")
     fig.tight_layout()
+    if note:
+        fig.text(0.5, -0.02, note, ha="center", va="top", fontsize=9, color="0.25")
     return fig
 
 

@@ -44,16 +44,30 @@ def replay(risk_adv: np.ndarray, risk_nat: np.ndarray, s: ReplaySettings) -> tup
     C = ra.shape[1]
     ta, tn = torch.full((C,), float(s.tau_init_adv)), torch.full((C,), float(s.tau_init_nat))
     out_a, out_n = [ta.numpy().copy()], [tn.numpy().copy()]
-    for e in range(1, len(ra) + 1):
-        if s.eta_factors is not None:
-            eta = s.eta * s.eta_factors[min(e, len(s.eta_factors)) - 1]
-        else:
-            eta = s.eta * s.decay ** sum(e >= d for d in s.decay_epochs)
+    for e, eta in enumerate(etas(s, len(ra)), start=1):
         ta = absld_update(ta, torch.tensor(ra[e - 1]), eta, s.tau_min, s.tau_max)
         tn = absld_update(tn, torch.tensor(rn[e - 1]), eta, s.tau_min, s.tau_max)
         out_a.append(ta.numpy().copy())
         out_n.append(tn.numpy().copy())
     return np.stack(out_a), np.stack(out_n)
+
+
+def etas(s: ReplaySettings, epochs: int) -> list[float]:
+    """eta at each of the updates after epochs 1..E: eta0 times the recorded factor, or decay^(number of
+    decay epochs <= e)."""
+    if s.eta_factors is not None:
+        return [s.eta * s.eta_factors[min(e, len(s.eta_factors)) - 1] for e in range(1, epochs + 1)]
+    return [s.eta * s.decay ** sum(e >= d for d in s.decay_epochs) for e in range(1, epochs + 1)]
+
+
+def travel_text(s: ReplaySettings, epochs: int) -> str:
+    """How far these settings let a class temperature move: E updates, the sum of their eta, against
+    the paper's 300 updates (schedule.paper_travel)."""
+    from .schedule import paper_travel
+
+    total, paper = sum(etas(s, epochs)), paper_travel()
+    return (f"{epochs} temperature updates, total travel (sum of eta) {total:.3g}: {100 * total / paper:.0f}% of "
+            f"the paper's {paper:.3g} (300 updates at eta 0.1)")
 
 
 def effective(tau_adv: np.ndarray, tau_nat: np.ndarray, coupled: bool) -> tuple[np.ndarray, np.ndarray]:

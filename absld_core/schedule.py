@@ -36,3 +36,44 @@ def lr_at(cfg: OptimConfig, epoch: int, batch: int = 0, batches_per_epoch: int =
 def milestone_epochs(cfg: OptimConfig) -> list[int]:
     """Epochs after which the lr drops (for plots and for eta's decay)."""
     return [e for e in range(1, cfg.epochs) if lr_factor(cfg, e + 1) < lr_factor(cfg, e)]
+
+
+# ABSLD's temperatures move once per epoch by at most eta (times the lr's decay factor) per class, so
+# a run's "temperature travel", the sum of eta over its updates, bounds how far a class temperature can
+# go. The paper: 300 updates at eta 0.1 with the x0.1 decays at 215/260/285. Squeezing that schedule
+# into a few epochs keeps eta and shrinks the travel by about the same factor as the epochs.
+PAPER_EPOCHS, PAPER_ETA = 300, 0.1
+
+
+def eta_factors(cfg: OptimConfig, follows_lr: bool = True) -> list[float]:
+    """eta's multiplier at each of the run's temperature updates (one after every epoch; the release
+    decays lr and eta before it updates, so the update after epoch e uses the lr factor of epoch e+1)."""
+    return [lr_factor(cfg, e + 1) if follows_lr else 1.0 for e in range(1, cfg.epochs + 1)]
+
+
+def temperature_travel(cfg: OptimConfig, eta: float, follows_lr: bool = True) -> float:
+    """The sum of eta over a run's temperature updates: the furthest a class temperature can travel."""
+    return float(eta * sum(eta_factors(cfg, follows_lr)))
+
+
+def paper_travel() -> float:
+    """The temperature travel of the paper's schedule (300 epochs, eta 0.1, paper300 decays): about 21.9."""
+    return temperature_travel(OptimConfig(epochs=PAPER_EPOCHS, schedule="paper300"), PAPER_ETA)
+
+
+def eta_for_paper_travel(cfg: OptimConfig, eta: float = PAPER_ETA, follows_lr: bool = True) -> float:
+    """eta scaled so that this run's temperatures travel as far in total as the paper's 300 updates at
+    `eta` do (eta x 300 / epochs when neither schedule decays; a little more under squeezed decays)."""
+    full = temperature_travel(OptimConfig(epochs=PAPER_EPOCHS, schedule="paper300"), eta)
+    return float(full / sum(eta_factors(cfg, follows_lr)))
+
+
+def describe_travel(cfg: OptimConfig, eta: float, follows_lr: bool = True) -> str:
+    """One line on a run's temperature budget against the paper's, for the explorer and the notebooks."""
+    f = eta_factors(cfg, follows_lr)
+    at_full = sum(1 for x in f if x == 1.0)
+    travel, paper = temperature_travel(cfg, eta, follows_lr), paper_travel()
+    return (f"{cfg.epochs} epochs: {cfg.epochs} temperature updates, {at_full} of them at the full eta={eta:g}; "
+            f"total travel (sum of eta) {travel:.3g} against the paper's {paper:.3g} (300 updates at 0.1), "
+            f"{100 * travel / paper:.0f}% of it. eta={eta_for_paper_travel(cfg, PAPER_ETA, follows_lr):.3g} "
+            f"would give the paper's travel (eta_for_300_epochs in notebook 03).")

@@ -45,7 +45,8 @@ PARAM_NAMES = ("preset", "run_root", "figure_dir", "dataset", "data_root", "trai
                # notebook 02
                "teacher_method", "teacher_arch", "teacher_width", "teacher_epochs", "teacher_checkpoint",
                # notebook 03 (and 04)
-               "methods", "ham_start_fraction", "ham_early_steps", "eta", "eta_for_300_epochs", "trades_beta",
+               "methods", "ham_start_fraction", "ham_early_steps", "eta", "eta_for_300_epochs", "compare_eta_scaling",
+               "trades_beta",
                "ham_paper_schedule")
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import plots
-from .replay import ReplaySettings, effective, replay, risks_from_history, soft_labels
+from .replay import ReplaySettings, effective, replay, risks_from_history, soft_labels, travel_text
 from .runs import load_run
 
 
@@ -59,7 +59,8 @@ class Explorer:
     def render(self, s: ReplaySettings, epoch: int | None = None):
         ta, tn = self.schedules(s)
         e = len(ta) - 1 if epoch is None else int(np.clip(epoch, 0, len(ta) - 1))
-        fig1 = plots.schedule_plot(ta, tn, self.classes, title="Replayed temperatures")
+        fig1 = plots.schedule_plot(ta, tn, self.classes, title="Replayed temperatures",
+                                   note=f"These settings: {travel_text(s, len(ta) - 1)}.")
         for ax in fig1.axes:
             ax.axvline(e, color="k", lw=1, ls=":")
         probs = soft_labels(self.teacher_logits, self.labels, ta[e])
@@ -128,7 +129,7 @@ def temperature_explorer(run_dir: str | Path, settings: ReplaySettings | None = 
         "epoch": W.IntSlider(value=E if epoch is None else epoch, min=0, max=E, description="soft labels at epoch",
                              style=style, layout=lay),
     }
-    out, status = W.Output(), W.HTML()
+    out, status, budget = W.Output(), W.HTML(), W.HTML()
     button = W.Button(description="Fine-tune 1 epoch with this schedule", button_style="primary",
                       layout=W.Layout(width="320px"))
 
@@ -142,6 +143,7 @@ def temperature_explorer(run_dir: str | Path, settings: ReplaySettings | None = 
                               eta_factors=s.eta_factors if not text else None)
 
     def redraw(_=None):
+        budget.value = f"<b>Budget:</b> {travel_text(current(), E)}. Recorded run: {travel_text(ex.recorded, E)}."
         with out:
             out.clear_output(wait=True)
             fig1, fig2 = ex.render(current(), w["epoch"].value)
@@ -157,7 +159,7 @@ def temperature_explorer(run_dir: str | Path, settings: ReplaySettings | None = 
     for widget in w.values():
         widget.observe(redraw, names="value")
     button.on_click(on_click)
-    box = W.VBox([W.HBox([W.VBox(list(w.values())[:4]), W.VBox(list(w.values())[4:])]), W.HBox([button, status]), out])
+    box = W.VBox([W.HBox([W.VBox(list(w.values())[:4]), W.VBox(list(w.values())[4:])]), budget, W.HBox([button, status]), out])
     display(box)
     redraw()
     return ex, box
