@@ -131,6 +131,7 @@ def _sweep(args) -> int:
     if args.list:
         for j in jobs:
             print(f"{j.status():10s} {j.key:32s} after {', '.join(j.deps) or '-'}")
+        _print_temperature_budgets(jobs)
         return 0
     slurm = {"cluster": "local" if args.executor == "submitit-local" else None, "partition": args.partition,
              "account": args.account, "qos": args.qos, "gpus_per_node": args.gpus, "mem_gb": args.mem_gb,
@@ -143,6 +144,21 @@ def _sweep(args) -> int:
     print(f"logs: {log_root}; render the tables and figures with: absld study --preset {args.preset}"
           + "".join(f" --set {o}" for o in overrides))
     return 0 if res.ok else 1
+
+
+def _print_temperature_budgets(jobs) -> None:
+    """For each adaptive-temperature run of the plan's first seed: its updates and total travel against
+    the paper's (schedule.describe_travel)."""
+    from .config import OptimConfig
+    from .schedule import describe_travel
+
+    first = min((j.seed for j in jobs), default=0)
+    for j in jobs:
+        m = j.config.get("method", {})
+        if j.seed == first and "eta" in m and j.pair is None:
+            o = j.config["optim"]
+            cfg = OptimConfig(epochs=int(o["epochs"]), schedule=o.get("schedule", "paper300"))
+            print(f"temperatures of {j.label}: {describe_travel(cfg, float(m['eta']), m.get('eta_follows_lr', True))}")
 
 
 def fraction(text: str) -> float:

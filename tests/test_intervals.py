@@ -145,3 +145,26 @@ def test_a_large_true_difference_excludes_zero(tmp_path):
     b = {s: bernoulli_run(tmp_path / f"b{s}", rng, [0.5, 0.9]) for s in range(3)}
     d = intervals.paired_difference(a, b, "pgd20", n_boot=500)
     assert d.distinguishable("worst") and d["worst"][1] > 20 and d.distinguishable("0")
+
+
+def test_the_eta_scaling_claim_is_stated_from_its_paired_difference(tmp_path):
+    """Claim (e): the scaled-eta ABSLD is right on all of class 0 where the plain one is right on a
+    random half (class 0 its worst); the statement computes the +diff and names the better run."""
+    from absld_core.claims import student_claims
+    from absld_core.plan import ETA_SCALED
+
+    rng = np.random.default_rng(3)
+    runs = {"absld": {}, ETA_SCALED: {}}
+    for s in range(3):
+        labels = np.repeat(np.arange(3), 80)
+        ok = np.ones(len(labels), bool)
+        ok[rng.choice(np.flatnonzero(labels != 0), 30, replace=False)] = False
+        plain = ok.copy()
+        idx0 = np.flatnonzero(labels == 0)
+        plain[rng.choice(idx0, 40, replace=False)] = False
+        runs["absld"][s] = fake_run(tmp_path / f"p{s}", labels, {"pgd20": plain})
+        runs[ETA_SCALED][s] = fake_run(tmp_path / f"e{s}", labels, {"pgd20": ok})
+    lines = student_claims(runs, "pgd20", ["0", "1", "2"])
+    assert len(lines) == 1 and lines[0].startswith("(e) ABSLD with eta scaled")
+    assert "ABSLD (eta scaled) - ABSLD, worst-class PGD-20: +" in lines[0]
+    assert "ABSLD (eta scaled) is better" in lines[0]

@@ -32,3 +32,46 @@ def test_effective_and_soft_labels():
     assert sharp[0, 0] > smooth[0, 0] > 0.5 and np.allclose(sharp.sum(1), 1)
     with pytest.raises(ValueError, match="tau_min < tau_max"):
         ReplaySettings(tau_min=2, tau_max=1)
+
+
+def test_temperature_travel_of_the_paper_schedule_counted_by_hand():
+    """300 updates at eta 0.1; the update after epoch e uses the lr factor of epoch e+1 (the release
+    decays before updating): 214 at 0.1, 45 at 0.01, 25 at 0.001, 16 at 0.0001."""
+    from absld_core.config import OptimConfig
+    from absld_core.schedule import eta_factors, paper_travel, temperature_travel
+
+    assert paper_travel() == pytest.approx(214 * 0.1 + 45 * 0.01 + 25 * 0.001 + 16 * 0.0001)
+    f = eta_factors(OptimConfig(epochs=300))
+    assert f.count(1.0) == 214 and len(f) == 300
+    assert temperature_travel(OptimConfig(epochs=10, schedule="constant"), 0.2) == pytest.approx(2.0)
+    assert temperature_travel(OptimConfig(epochs=10), 0.2, follows_lr=False) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("epochs, schedule", [(5, "paper300"), (10, "paper300"), (40, "paper300"), (7, "constant"),
+                                              (300, "paper300")])
+def test_eta_for_paper_travel_gives_the_papers_total_travel_in_the_replay(epochs, schedule):
+    """The scaled eta, replayed by the explorer's code with the run's own per-epoch factors, sums to the
+    paper's travel; at 300 paper epochs it is the paper's eta."""
+    from absld_core.config import OptimConfig
+    from absld_core.replay import etas
+    from absld_core.schedule import eta_factors, eta_for_paper_travel, paper_travel
+
+    cfg = OptimConfig(epochs=epochs, schedule=schedule)
+    eta = eta_for_paper_travel(cfg)
+    s = ReplaySettings(eta=eta, eta_factors=tuple(eta_factors(cfg)))
+    assert sum(etas(s, epochs)) == pytest.approx(paper_travel())
+    if epochs == 300:
+        assert eta == pytest.approx(0.1)
+    if schedule == "constant":
+        assert eta == pytest.approx(paper_travel() / epochs)
+
+
+def test_the_explorer_budget_line_states_updates_and_travel():
+    from absld_core.config import OptimConfig
+    from absld_core.replay import travel_text
+    from absld_core.schedule import describe_travel
+
+    assert travel_text(ReplaySettings(eta=0.5), 4).startswith("4 temperature updates, total travel (sum of eta) 2:")
+    line = describe_travel(OptimConfig(epochs=5), 0.1)
+    assert "5 temperature updates, 2 of them at the full eta=0.1" in line and "total travel (sum of eta) 0.21 " in line
+    assert "eta=10.4 would give the paper's travel" in line

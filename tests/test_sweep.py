@@ -134,3 +134,44 @@ def test_submitit_local_executor_runs_the_same_plan(tmp_path):
     assert res.count("done") == 6 and all(RunDir(j.run_dir).finished() for j in jobs)
     assert list((tmp_path / "logs" / "submitit").glob("*/*_log.err"))  # submitit's own per-job logs
     assert sweep(jobs, "submitit", log_root=tmp_path / "logs", slurm={"cluster": "local"}, log=lambda *_: None).count("skipped") == 6
+
+
+def test_compare_eta_scaling_adds_one_absld_run_with_the_papers_travel(tmp_path):
+    """The study's eta comparison: a second ABSLD run per seed, after the same teacher, whose eta makes
+    the temperatures travel as far as the paper's 300 epochs; notebook 04 reads it under its label."""
+    from absld_core.claims import finished_runs
+    from absld_core.config import OptimConfig
+    from absld_core.schedule import eta_for_paper_travel
+
+    jobs = P.study_plan("smoke", TINY + [f"run_root={tmp_path}", "seeds=[0,1]", "03_students.compare_eta_scaling=true"],
+                        notebooks=("02_teacher", "03_students"))
+    by = {j.key: j for j in jobs}
+    for s in (0, 1):
+        plain, scaled = by[f"s{s}/student-absld"], by[f"s{s}/student-absld-eta-scaled"]
+        assert scaled.label == P.ETA_SCALED and scaled.deps == plain.deps == (f"s{s}/teacher",)
+        assert plain.config["method"]["eta"] == pytest.approx(0.1)
+        assert scaled.config["method"]["eta"] == pytest.approx(eta_for_paper_travel(OptimConfig(epochs=2), 0.1))
+        assert {k: v for k, v in scaled.config.items() if k not in ("name", "method")} == \
+               {k: v for k, v in plain.config.items() if k not in ("name", "method")}
+    assert not any("eta-scaled" in k for k in (j.key for j in P.study_plan(
+        "smoke", TINY + [f"run_root={tmp_path}"], notebooks=("02_teacher", "03_students"))))  # off by default
+    # notebook 04's reader picks the finished run up under the same label
+    for s in (0, 1):
+        d = by[f"s{s}/student-absld-eta-scaled"].run_dir
+        d.mkdir(parents=True)
+        (d / "status.json").write_text('{"state": "finished"}')
+        (d / "metrics.json").write_text("{}")
+        (d / "per_image.npz").write_bytes(b"")
+    runs = finished_runs({"run_root": str(tmp_path), "seeds": [0, 1], "methods": "pgd_at,absld", "compare_eta_scaling": True})
+    assert runs == {P.ETA_SCALED: {0: tmp_path / "s0" / "student-absld-eta-scaled", 1: tmp_path / "s1" / "student-absld-eta-scaled"}}
+
+
+def test_sweep_list_prints_the_plan_and_the_temperature_budgets(tmp_path, capsys):
+    from absld_core.cli import main
+
+    assert main(["sweep", "--preset", "smoke", "--out", str(tmp_path), "--list",
+                 "--set", "03_students.compare_eta_scaling=true"] + sum((["--set", t] for t in TINY), [])) == 0
+    out = capsys.readouterr().out
+    assert "new        s0/student-absld " in out and "after s0/teacher" in out
+    assert "temperatures of absld: 2 epochs: 2 temperature updates" in out
+    assert "temperatures of absld_eta_scaled: 2 epochs" in out and "100% of it" in out
