@@ -6,8 +6,9 @@ natively, fp32 elsewhere.
 
 Native bf16: a CPU whose /proc/cpuinfo flags name avx512_bf16 or amx_bf16 (on others bf16 is emulated and
 slower than fp32), or a CUDA GPU of compute capability 8.0 or newer. Under bf16 the training passes run in
-autocast and so do the training-time attack passes (10 of the 12 passes of an ABSLD step: bf16 pays only
-when they use it too). Evaluation attacks always run in fp32 (the engine never passes them a dtype).
+autocast (the teacher's forward pass for the soft labels included; its logits are taken to fp32 before the
+temperatures divide them) and so do the training-time attack passes (10 of the 12 passes of an ABSLD step:
+bf16 pays only when they use it too). Evaluation attacks always run in fp32 (the engine never passes them a dtype).
 """
 from __future__ import annotations
 

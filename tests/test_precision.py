@@ -1,5 +1,6 @@
 """precision: auto picks bf16 where the device computes it natively and fp32 elsewhere; the choice is
 recorded in the run and shown when it starts; explicit settings are kept."""
+import contextlib
 import json
 
 import pytest
@@ -52,3 +53,30 @@ def test_the_default_is_auto_and_the_run_records_and_shows_its_choice(monkeypatc
         assert rec["precision"] == "auto"
         assert rec["resolved"]["precision"]["train"] == rec["resolved"]["precision"]["attack"] == chosen
         assert f"training passes {chosen}, training attacks {chosen}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["rslad", "absld", "absld_ham"])
+def test_the_teachers_soft_label_pass_follows_the_training_precision(name):
+    """Under bf16 training the teacher's forward (a training pass, the soft labels) runs in autocast; in
+    fp32 it stays fp32; the soft labels themselves come back fp32 either way."""
+    from absld_core.config import MethodConfig
+    from absld_core.engine import MultiView
+    from absld_core.methods import StepContext, build_method
+    from absld_core.models import build_model
+
+    torch.manual_seed(0)
+    student, teacher = build_model("small_cnn", num_classes=3, width=4), build_model("small_cnn", num_classes=3, width=4)
+    teacher.eval().requires_grad_(False)
+    seen = []
+    teacher.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    m = build_method(MethodConfig.from_dict({"name": name, "teacher": {"checkpoint": "x"}}), 3, CPU)
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    for autocast, expect in ((lambda: torch.autocast("cpu", dtype=torch.bfloat16), torch.bfloat16),
+                             (contextlib.nullcontext, torch.float32)):
+        seen.clear()
+        ctx = StepContext(raw=student, forward=MultiView(student), eps=8 / 255, alpha=2 / 255, steps=1, epoch=1,
+                          num_classes=3, teacher=teacher, autocast=autocast)
+        p_adv, p_nat = m.teacher_targets(x, y, ctx)
+        assert seen == [expect]
+        assert p_adv.dtype == p_nat.dtype == torch.float32
+        assert torch.allclose(p_adv.sum(1), torch.ones(4))

@@ -61,7 +61,7 @@ class Distill(Method):
 
     # ------------------------------------------------------------------ targets and loss
     def teacher_targets(self, x: torch.Tensor, y: torch.Tensor, ctx: StepContext):
-        with torch.inference_mode():
+        with torch.inference_mode(), ctx.autocast():  # a training pass: bf16 where the run trains in bf16
             z_t = ctx.teacher(x).float()
         z_t = z_t.clone()  # a normal tensor, usable as a constant in the autograd graph
         if self.temps is None:
