@@ -78,7 +78,7 @@ def class_bars(table: pd.DataFrame, classes: Sequence[str] | None = None, title:
     n_rows, n_cls = vals.shape
     own = ax is None
     if own:
-        fig, ax = plt.subplots(figsize=(max(7.5, 0.45 * n_cls * n_rows + 2.5), 4.2))
+        fig, ax = plt.subplots(figsize=(min(16.0, max(7.5, 0.45 * n_cls * n_rows + 2.5)), 4.2))
     fig = ax.figure
     width = 0.8 / n_rows
     x = np.arange(n_cls)
