@@ -230,7 +230,7 @@ def load_per_image(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, np.nd
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no per-image results at {path} (runs evaluated before they were recorded "
-                                f"have none: evaluate the run again)")
+                                f"have none: absld_core.experiments.record_per_image(run_dir) evaluates the run again and records them)")
     try:
         with np.load(path, allow_pickle=False) as z:
             labels = z["labels"]

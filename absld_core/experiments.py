@@ -37,6 +37,43 @@ def run_or_resume(cfg: dict, log=print) -> Path:
     return train({**cfg, "resume": True, "overwrite": False})
 
 
+def record_per_image(run_dir: str | Path, device: str = "cpu") -> Path:
+    """Write per_image.npz for a finished run evaluated before per-image results were recorded (the
+    intervals resample them): the checkpoint its metrics.json names, evaluated again with the run's own
+    test attacks and settings. The evaluation is seeded, so it must reproduce metrics.json; if it does
+    not, nothing is written and the error says by how much. Returns the file's path."""
+    import numpy as np
+
+    from .config import TrainConfig
+    from .engine import prepare_data
+    from .evaluate import evaluate_per_image, load_table, save_per_image
+    from .models import model_from_checkpoint
+
+    run = RunDir(run_dir)
+    if not run.finished():
+        raise ValueError(f"{run.path} is not a finished run (status {run.status().get('state', 'missing')!r}); "
+                         f"only a finished run's final evaluation can be recorded again")
+    if run.per_image.is_file():
+        return run.per_image
+    cfg = TrainConfig.from_dict({k: v for k, v in json.loads(run.config.read_text()).items() if k != "resolved"})
+    recorded = load_table(run.metrics)
+    checkpoint = run.path / str(recorded.attrs.get("checkpoint", ""))
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{run.path}: metrics.json names checkpoint {checkpoint.name!r}, which is not there")
+    ds = prepare_data(cfg)
+    model, _ = model_from_checkpoint(checkpoint, device)
+    aa = {k: v for k, v in (("n_iter", cfg.attack.aa_iters), ("n_queries", cfg.attack.aa_queries)) if v} or None
+    df, correct = evaluate_per_image(model, ds.test_x, ds.test_y, list(recorded.index), classes=ds.classes,
+                                     eps=cfg.attack.eps, pgd_alpha=cfg.attack.eval_alpha, device=device,
+                                     progress=False, aa_opts=aa)
+    cols = [c for c in ["avg", *ds.classes] if c in recorded.columns and c in df.columns]
+    gap = float(np.abs(df.loc[recorded.index, cols].to_numpy(float) - recorded[cols].to_numpy(float)).max())
+    if gap > 1e-6:
+        raise ValueError(f"{run.path}: evaluating {checkpoint.name} again gives accuracies up to {gap:.3g} points "
+                         f"away from metrics.json (another torch or device?); per_image.npz not written")
+    return save_per_image(run.per_image, ds.test_y, correct)
+
+
 def student_configs(base: dict, teacher_dir: str | Path, methods: Iterable[str] | None = None,
                     method_options: dict | None = None) -> dict[str, dict]:
     """One config per student method (None: every student method of the registry), identical but for

@@ -119,7 +119,7 @@ def test_per_image_files_load_no_pickles(tmp_path):
     save_per_image(path, np.array([0, 1]), {"pgd20": np.array([True, False])})
     y, c = load_per_image(path)
     assert y.tolist() == [0, 1] and c["pgd20"].tolist() == [True, False]
-    with pytest.raises(FileNotFoundError, match="evaluate the run again"):
+    with pytest.raises(FileNotFoundError, match="record_per_image"):
         load_per_image(tmp_path / "missing.npz")
 
 
@@ -168,3 +168,31 @@ def test_the_eta_scaling_claim_is_stated_from_its_paired_difference(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("(e) ABSLD with eta scaled")
     assert "ABSLD (eta scaled) - ABSLD, worst-class PGD-20: +" in lines[0]
     assert "ABSLD (eta scaled) is better" in lines[0]
+
+
+def test_a_run_evaluated_before_per_image_records_gets_them_recorded_again(tmp_path):
+    """record_per_image evaluates a finished run's checkpoint again: the same per-image results as the
+    run's own final evaluation, and nothing written when metrics.json disagrees or the run is unfinished."""
+    from absld_core.engine import train
+    from absld_core.experiments import record_per_image
+    from train_helpers import tiny
+
+    run = train(tiny("old", "pgd_at", tmp_path))
+    y0, c0 = load_per_image(run / "per_image.npz")
+    (run / "per_image.npz").unlink()
+    assert record_per_image(run) == run / "per_image.npz"
+    y1, c1 = load_per_image(run / "per_image.npz")
+    assert (y0 == y1).all() and c0.keys() == c1.keys()
+    assert all((c0[a] == c1[a]).all() for a in c0)
+
+    (run / "per_image.npz").unlink()
+    m = json.loads((run / "metrics.json").read_text())
+    m["rows"]["pgd5"]["avg"] += 1.0
+    (run / "metrics.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="away from metrics.json"):
+        record_per_image(run)
+    assert not (run / "per_image.npz").exists()
+
+    (run / "status.json").write_text(json.dumps({"state": "running", "epoch": 1}))
+    with pytest.raises(ValueError, match="not a finished run"):
+        record_per_image(run)
