@@ -167,6 +167,10 @@ class AttackConfig:
         if self.amp_dtype not in (None, "fp32", "bf16"):
             raise invalid("attack.amp_dtype", self.amp_dtype, "null (as the training precision), 'fp32' or 'bf16'")
 
+    def aa_options(self) -> dict | None:
+        """AutoAttack's options for the final evaluation (evaluate's aa_opts): None for the standard ones."""
+        return {k: v for k, v in (("n_iter", self.aa_iters), ("n_queries", self.aa_queries)) if v} or None
+
 
 @dataclass(frozen=True)
 class TeacherConfig:

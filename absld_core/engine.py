@@ -498,7 +498,7 @@ def _final_eval(cfg, ds, device, run, meta, method: Method) -> None:
     df, correct = evaluate_per_image(
         model, ds.test_x, ds.test_y, cfg.attack.test_attacks, classes=ds.classes, eps=cfg.attack.eps,
         pgd_alpha=cfg.attack.eval_alpha, device=device, progress=cfg.progress,
-        aa_opts={k: v for k, v in (("n_iter", cfg.attack.aa_iters), ("n_queries", cfg.attack.aa_queries)) if v} or None)
+        aa_opts=cfg.attack.aa_options())
     save_per_image(run.per_image, ds.test_y, correct)  # before metrics.json, whose presence means finished
     df.attrs.update({"checkpoint": path.name, "checkpoint_epoch": ck_epoch, "run": cfg.name,
                      "method": cfg.method.name, "test_size": len(ds.test_y), "selection": cfg.selection})

@@ -62,10 +62,9 @@ def record_per_image(run_dir: str | Path, device: str = "cpu") -> Path:
         raise FileNotFoundError(f"{run.path}: metrics.json names checkpoint {checkpoint.name!r}, which is not there")
     ds = prepare_data(cfg)
     model, _ = model_from_checkpoint(checkpoint, device)
-    aa = {k: v for k, v in (("n_iter", cfg.attack.aa_iters), ("n_queries", cfg.attack.aa_queries)) if v} or None
     df, correct = evaluate_per_image(model, ds.test_x, ds.test_y, list(recorded.index), classes=ds.classes,
                                      eps=cfg.attack.eps, pgd_alpha=cfg.attack.eval_alpha, device=device,
-                                     progress=False, aa_opts=aa)
+                                     progress=False, aa_opts=cfg.attack.aa_options())
     cols = [c for c in ["avg", *ds.classes] if c in recorded.columns and c in df.columns]
     gap = float(np.abs(df.loc[recorded.index, cols].to_numpy(float) - recorded[cols].to_numpy(float)).max())
     if gap > 1e-6:

@@ -204,3 +204,26 @@ def test_external_teacher_state_dict_takes_its_class_count_from_the_data(tmp_pat
                      method={"name": "rslad", "teacher": {"checkpoint": str(tmp_path / "bare.pt"),
                                                           "arch": "small_cnn", "width": 4}}))
     assert RunDir(run).finished()
+
+
+def test_autoattack_options_reach_the_final_evaluation(tmp_path, monkeypatch):
+    """attack.aa_iters / aa_queries become AutoAttack's n_iter / n_queries in the final evaluation;
+    unset, AutoAttack keeps its standard options; a non-positive value is refused on construction."""
+    import absld_core.engine as engine
+    from absld_core.config import AttackConfig, ConfigError
+    from train_helpers import tiny
+
+    assert AttackConfig().aa_options() is None
+    assert AttackConfig(aa_iters=7).aa_options() == {"n_iter": 7}
+    with pytest.raises(ConfigError, match="aa_queries"):
+        AttackConfig(aa_queries=0)
+    seen = []
+    real = engine.evaluate_per_image
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("aa_opts"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "evaluate_per_image", spy)
+    engine.train(tiny("aa", "pgd_at", tmp_path, optim__epochs=1, attack__aa_iters=3, attack__aa_queries=11))
+    assert seen == [{"n_iter": 3, "n_queries": 11}]
