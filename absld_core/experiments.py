@@ -55,7 +55,7 @@ def record_per_image(run_dir: str | Path, device: str = "cpu") -> Path:
                          f"only a finished run's final evaluation can be recorded again")
     if run.per_image.is_file():
         return run.per_image
-    cfg = TrainConfig.from_dict({k: v for k, v in json.loads(run.config.read_text()).items() if k != "resolved"})
+    cfg = TrainConfig.from_dict(json.loads(run.config.read_text()))  # from_dict sets the recorded "resolved" aside
     recorded = load_table(run.metrics)
     checkpoint = run.path / str(recorded.attrs.get("checkpoint", ""))
     if not checkpoint.is_file():

@@ -29,8 +29,7 @@ class Explorer:
         self.run_dir = Path(run_dir)
         self.history = rec["history"]
         self.risk_adv, self.risk_nat = risks_from_history(self.history)
-        raw = {k: v for k, v in rec["config"].items() if k != "resolved"}
-        self.cfg = TrainConfig.from_dict(raw)
+        self.cfg = TrainConfig.from_dict(rec["config"])  # from_dict sets the recorded "resolved" aside
         self.classes = rec["config"]["resolved"]["classes"]
         ds = prepare_data(self.cfg)
         # the images: test images of the hardest and easiest classes by the adversarial risk over the run

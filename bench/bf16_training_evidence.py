@@ -44,11 +44,12 @@ def run_one(cfg: dict) -> str:
     import torch
     torch.set_num_threads(1)
     from absld_core.experiments import run_or_resume
+    from absld_core.runs import RunDir
     path = run_or_resume(cfg, log=lambda *a: None)
     # training seconds as the run recorded them epoch by epoch: a run reused from an earlier invocation
     # (or resumed after a kill) keeps its own measured time rather than this call's wall time
-    history = [json.loads(line) for line in (Path(path) / "history.jsonl").read_text().splitlines() if line.strip()]
-    return json.dumps({"path": str(path), "seconds": float(sum(h.get("seconds", 0.0) for h in history))})
+    seconds = sum(h.get("seconds", 0.0) for h in RunDir(path).history())
+    return json.dumps({"path": str(path), "seconds": float(seconds)})
 
 
 def interval(values) -> tuple[float, float, float]:
@@ -86,8 +87,7 @@ def attack_strength(run_dirs: dict) -> dict:
     torch.set_num_threads(2)
     out = {}
     for label, path in run_dirs.items():
-        cfg = TrainConfig.from_dict({k: v for k, v in json.loads((Path(path) / "config.json").read_text()).items()
-                                     if k != "resolved"})
+        cfg = TrainConfig.from_dict(json.loads((Path(path) / "config.json").read_text()))
         ds = prepare_data(cfg)
         model, _ = model_from_checkpoint(Path(path) / "fair_best.pt", "cpu")
         tables = {}
