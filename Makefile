@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= smoke
 
-.PHONY: study test env bench lab rehearse clean-runs
+.PHONY: study test env bench lab board rehearse gpu-carry clean-runs
 
 $(STAMP): requirements-cpu.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,11 +34,27 @@ rehearse: $(STAMP)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
+# TensorBoard on the study's runs (every run writes its curves while it trains), http://localhost:6006
+board: $(STAMP)
+	$(VENV)/bin/tensorboard --logdir runs/$(PRESET) --bind_all
+
 test: $(STAMP)
 	$(PY) -m pytest -q -ra tests
 
 bench: $(STAMP)
 	$(PY) bench/attack_throughput.py
+
+# what `bash bench/gpu/run.sh` carries to a lent GPU (the wheels its image lacks, for Python 3.12, and the
+# CIFAR-10 JPEG copy), then the sizes against the 64 MiB limit
+gpu-carry: $(STAMP)
+	rm -rf bench/gpu/wheels && mkdir -p bench/gpu/wheels/site bench/gpu/carry
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux2014_x86_64 -d bench/gpu/wheels pyautoattack==0.2.0 2>&1 | grep -v "is ignored" || true
+	# pyautoattack's wheel is 40 MiB, 44 MB of it an example model: carry its code alone (a folder on PYTHONPATH)
+	cd bench/gpu/wheels && unzip -q -o pyautoattack-*.whl 'pyautoattack/*.py' -d site && rm pyautoattack-*.whl
+	[ -f ../shared/data/cifar10-jpeg.tar.gz ] && cp ../shared/data/cifar10-jpeg.tar.gz bench/gpu/carry/ || \
+	  echo "no ../shared/data/cifar10-jpeg.tar.gz: put the CIFAR-10 JPEG copy in bench/gpu/carry/ by hand"
+	$(PY) bench/gpu/carry.py
 
 clean-runs:
 	rm -rf runs

@@ -15,10 +15,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["fgsm", "pgd", "pgd_kl", "pgd_kl_tracked", "trades_kl", "cw_inf", "pgd_boundary_steps", "autoattack",
-           "kl_to_targets", "margin_loss", "check_images", "AA_ATTACKS"]
+from .vocab import AA_ATTACKS
 
-AA_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
+__all__ = ["fgsm", "pgd", "pgd_kl", "pgd_kl_tracked", "trades_kl", "cw_inf", "pgd_boundary_steps", "autoattack",
+           "kl_to_targets", "margin_loss", "check_images", "AA_ATTACKS", "project", "uniform_start", "autocast_for"]
+
 
 
 def check_images(x: torch.Tensor, what: str = "images") -> None:
@@ -61,13 +62,15 @@ def model_mode(model: nn.Module, train: bool = False):
             m.training = f
 
 
-def _autocast(x: torch.Tensor, dtype: torch.dtype | None):
+def autocast_for(x: torch.Tensor, dtype: torch.dtype | None):
+    """The autocast context of an attack's forward passes on x's device (none for fp32)."""
     if dtype is None or dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(x.device.type, dtype=dtype)
 
 
-def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x_adv clipped to the L-inf ball of radius eps (a number or per-sample radii) around x, and to [0, 1]."""
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
 
 
@@ -79,13 +82,13 @@ def _run(model: nn.Module, x: torch.Tensor, loss_fn: Callable, x0: torch.Tensor,
     x_adv = x0.detach()
     for k in range(steps):
         x_adv.requires_grad_(True)
-        with _autocast(x, amp_dtype):
+        with autocast_for(x, amp_dtype):
             logits = model(x_adv)
         logits = logits.float()
         if on_logits is not None:
             on_logits(k, logits.detach())
         (grad,) = torch.autograd.grad(loss_fn(logits), x_adv)
-        x_adv = _project(x_adv.detach() + alpha * grad.sign(), x, eps)
+        x_adv = project(x_adv.detach() + alpha * grad.sign(), x, eps)
     return x_adv.detach()
 
 
@@ -95,7 +98,8 @@ def _noise(x: torch.Tensor) -> torch.Tensor:
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-def _uniform_start(x: torch.Tensor, eps) -> torch.Tensor:
+def uniform_start(x: torch.Tensor, eps) -> torch.Tensor:
+    """A uniform random start in the eps-ball (a number or per-sample radii), clipped to [0, 1]."""
     if torch.is_tensor(eps):  # per-sample radii
         return (x + (2 * _noise(x).uniform_() - 1) * eps).clamp_(0.0, 1.0)
     return (x + _noise(x).uniform_(-eps, eps)).clamp_(0.0, 1.0)
@@ -125,9 +129,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
     else:
         raise ValueError(f"unknown PGD loss {loss!r}; allowed: 'ce', 'margin'")
     if x_init is not None:
-        x0 = _project(x_init.detach().clone(), x, eps)
+        x0 = project(x_init.detach().clone(), x, eps)
     else:
-        x0 = _uniform_start(x, eps) if random_start else x.clone()
+        x0 = uniform_start(x, eps) if random_start else x.clone()
     with model_mode(model, train_mode):
         return _run(model, x, loss_fn, x0, eps, alpha, steps, amp_dtype)
 
@@ -183,8 +187,8 @@ def _kl_start(x, target_probs, eps, alpha, steps, init_std, x_init, validate):
         raise ValueError(f"target_probs must be N x C with N = {x.shape[0]}, got {tuple(target_probs.shape)}")
     if x_init is None:  # as the release: the Gaussian start is not clipped (every step projects)
         x0 = (x + init_std * _noise(x).normal_()).detach()
-        return _project(x0, x, eps) if steps == 0 else x0
-    return _project(x_init.detach().clone(), x, eps)
+        return project(x0, x, eps) if steps == 0 else x0
+    return project(x_init.detach().clone(), x, eps)
 
 
 def trades_kl(model: nn.Module, x: torch.Tensor, eps: float, alpha: float, steps: int, *,
@@ -207,7 +211,7 @@ def _tracked(model, x, y, loss_fn, x0, eps, alpha, steps, amp_dtype):
         return wrong
 
     x_adv = _run(model, x, loss_fn, x0, eps, alpha, steps, amp_dtype, on_logits=record)
-    with torch.no_grad(), _autocast(x, amp_dtype):
+    with torch.no_grad(), autocast_for(x, amp_dtype):
         final_wrong = record(steps, model(x_adv).float())
     return x_adv, first, final_wrong
 
@@ -220,7 +224,7 @@ def pgd_boundary_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
     Returns (x_adv, steps_to_cross, wrong_at_end): steps_to_cross an int64 tensor, wrong_at_end a
     boolean mask of the samples misclassified at the final iterate (HAM's hard set)."""
     _check(x, eps, alpha, steps, validate)
-    x0 = _uniform_start(x, eps) if random_start else x.clone()
+    x0 = uniform_start(x, eps) if random_start else x.clone()
     with model_mode(model):
         x_adv, first, final_wrong = _tracked(model, x, y, lambda z: F.cross_entropy(z, y, reduction="sum"),
                                              x0, eps, alpha, steps, amp_dtype)
@@ -261,5 +265,5 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
         aa.apgd_targeted.n_target_classes = min(aa.apgd_targeted.n_target_classes, num_classes - 1)
         aa.fab.n_target_classes = min(aa.fab.n_target_classes, num_classes - 1)
         x_adv = aa.run_standard_evaluation(x.detach(), y, batch_size=batch_size)[0]
-    x_adv = _project(x_adv.to(x.dtype), x, eps)
+    x_adv = project(x_adv.to(x.dtype), x, eps)
     return x_adv

@@ -1,6 +1,6 @@
 """The study's claims about the student methods, stated from paired differences with 95% intervals.
 
-    runs = finished_runs(P)                       # {label: {seed: run directory}} of notebooks 02 and 03
+    runs = plan.finished_runs(P)                  # {label: {seed: run directory}} of notebooks 02 and 03
     for line in student_claims(runs, "pgd20", classes): print(line)
 
 (b) ABSLD beats RSLAD on the worst class and NSD; (c) HAM improves the worst class over PGD-AT at a
@@ -20,26 +20,12 @@ from .methods.absld_ham import ABSLDHAM
 from .methods.ham import HAM
 from .methods.pgd_at import PGDAT
 from .methods.rslad import RSLAD
-from .runs import RunDir, load_run
+from .methods import registry
+from .runs import load_run
 
-DISPLAY = {ABSLD.name: "ABSLD", RSLAD.name: "RSLAD", HAM.name: "HAM", PGDAT.name: "PGD-AT", ABSLDHAM.name: "ABSLD+HAM",
-           plan.ETA_SCALED: "ABSLD (eta scaled)"}
-
-
-def finished_runs(P: dict) -> dict[str, dict[int, Path]]:
-    """The teacher and the `methods` students of every seed (the run directories notebooks 02 and 03
-    write: run_root/s<seed>/teacher and student-<method>) that are finished and carry per-image
-    results (the ones tables and intervals can use)."""
-    names = {"teacher": "teacher", **{m: f"student-{m}" for m in plan.wanted_methods(P)}}
-    if P.get("compare_eta_scaling") and ABSLD.name in names:
-        names[plan.ETA_SCALED] = f"student-{ABSLD.name}-eta-scaled"
-    out: dict[str, dict[int, Path]] = {}
-    for label, name in names.items():
-        by_seed = {s: plan.seed_root(P, s) / name for s in plan.seeds_of(P)}
-        done = {s: p for s, p in by_seed.items() if RunDir(p).finished() and (Path(p) / "per_image.npz").is_file()}
-        if done:
-            out[label] = done
-    return out
+def display(label: str) -> str:
+    """A run label as tables name it: the method's display name from the registry."""
+    return "ABSLD (eta scaled)" if label == plan.ETA_SCALED else registry.display_name(label)
 
 
 def train_seconds(by_seed: dict[int, Path]) -> float:
@@ -56,7 +42,7 @@ def student_claims(runs: dict[str, dict[int, Path]], attack: str, classes: list[
     out = []
 
     def diff(a, b):
-        return intervals.paired_difference(runs[a], runs[b], attack, names=(DISPLAY[a], DISPLAY[b]), classes=classes)
+        return intervals.paired_difference(runs[a], runs[b], attack, names=(display(a), display(b)), classes=classes)
 
     have = lambda *names: all(n in runs for n in names)  # noqa: E731
     if have(ABSLD.name, RSLAD.name):

@@ -1,4 +1,4 @@
-"""Command line: `absld train`, `absld eval`, `absld study`, `absld methods`.
+"""Command line: `absld train`, `absld eval`, `absld study`, `absld sweep`, `absld summary`, `absld methods`.
 
     absld train --config presets/train/teacher.yaml --set optim.epochs=5
     absld train --config presets/train/absld.yaml --set method.eta=0.2
@@ -146,6 +146,15 @@ def _sweep(args) -> int:
     return 0 if res.ok else 1
 
 
+def _summary(args) -> int:
+    from .report import summarise_preset
+
+    md, csv = summarise_preset(args.preset, args.set, out_root=args.out)
+    print(md.read_text())
+    print(f"written: {md}, {csv}, {md.parent / 'per_seed.csv'}")
+    return 0
+
+
 def _print_temperature_budgets(jobs) -> None:
     """For each adaptive-temperature run of the plan's first seed: its updates and total travel against
     the paper's (schedule.describe_travel)."""
@@ -245,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local worker processes (default); submitit: one Slurm job per run; submitit-local: "
                         "submitit's local executor (testing)")
     w.add_argument("--workers", type=int, default=None, help="local: parallel workers (default: cores / threads)")
-    w.add_argument("--threads", type=int, default=1, help="local: threads per worker (default 1)")
+    w.add_argument("--threads", type=int, default=None, help="local: threads per worker (default: the study's "
+                   "threads parameter, 1 unless the preset says otherwise)")
     w.add_argument("--partition", default=None, help="Slurm partition")
     w.add_argument("--account", default=None, help="Slurm account")
     w.add_argument("--qos", default=None, help="Slurm QOS")
@@ -258,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--list", action="store_true", help="print the plan (each run, its state and dependencies)")
     w.add_argument("--out", default=".", help="where runs/ go (default: here), as for `absld study --out`")
     w.set_defaults(func=_sweep)
+
+    r = sub.add_parser("summary", help="per_seed.csv and the summary with intervals from a preset's finished runs, "
+                       "without the notebooks", parents=[common])
+    r.add_argument("--preset", default="smoke", help="a preset name or a preset YAML")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset parameter")
+    r.add_argument("--out", default=".", help="the study's root: runs/<preset> is read, figures/<preset> written")
+    r.set_defaults(func=_summary)
 
     m = sub.add_parser("methods", help="list the registered training methods and their options", parents=[common])
     m.set_defaults(func=_methods)

@@ -13,20 +13,23 @@ import json
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
+
+from .checks import ConfigError, check_int, check_range, check_temperature_rule, invalid  # noqa: F401
+from .methods import registry
+from .vocab import parse_attack
 
 LR_SCHEDULES = ("paper300", "ham120", "milestones", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 SELECTIONS = ("validation", "test")
 MAX_LR = 10.0                  # a larger SGD learning rate is a typo, not an experiment
 # fields that cannot change a run's results: a resume may differ in these, and reuse ignores them
-VOLATILE_FIELDS = ("resume", "overwrite", "progress", "stop_after", "name", "out_dir", "resolved")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names the field, the value and what is allowed."""
+VOLATILE_FIELDS = ("resume", "overwrite", "progress", "stop_after", "name", "out_dir", "resolved", "trackers")
+# fields that change only the final evaluation, never a weight: a finished run that differs from a
+# config only in these is evaluated again (engine.reevaluate), not trained again
+EVALUATION_FIELDS = ("attack.test_attacks", "attack.aa_iters", "attack.aa_queries", "final_checkpoint")
 
 
 class _Loader(yaml.SafeLoader):
@@ -52,32 +55,6 @@ def yaml_load(text: str, origin: str = "YAML"):
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{origin} is not valid YAML{at}: {problem}") from None
-
-
-def invalid(field_name: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"{field_name}={value!r} is invalid: {allowed}")
-
-
-def check_int(name, v, minimum=1):
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise invalid(name, v, f"must be an integer >= {minimum}")
-
-
-def check_range(name, v, lo, hi, lo_open=False, hi_open=False):
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise invalid(name, v, "must be a number")
-    if (v <= lo if lo_open else v < lo) or (v >= hi if hi_open else v > hi):
-        raise invalid(name, v, f"must lie in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
-
-
-def check_temperature_rule(eta, tau_min, tau_max, prefix: str = "") -> None:
-    """The settings of ABSLD's temperature rule, as both the engine (MethodConfig) and the explorer's
-    replay (ReplaySettings) accept them: 0 < tau_min < tau_max and eta >= 0."""
-    check_range(f"{prefix}tau_min", tau_min, 0, float("inf"), lo_open=True)
-    if not tau_min < tau_max:
-        raise ConfigError(f"{prefix}tau_min={tau_min} and {prefix}tau_max={tau_max} are inverted: "
-                          f"need 0 < tau_min < tau_max")
-    check_range(f"{prefix}eta", eta, 0, float("inf"))
 
 
 @dataclass(frozen=True)
@@ -147,8 +124,6 @@ class AttackConfig:
     aa_queries: int | None = None      # AutoAttack's Square queries in evaluation (None: the standard 5000)
 
     def __post_init__(self):
-        from .evaluate import parse_attack
-
         check_range("attack.eps", self.eps, 0, 1, lo_open=True)
         check_range("attack.alpha", self.alpha, 0, 1, lo_open=True)
         check_range("attack.eval_alpha", self.eval_alpha, 0, 1, lo_open=True)
@@ -192,8 +167,6 @@ class MethodConfig:
     options: Any = None                      # the method's option dataclass (None: its defaults)
 
     def __post_init__(self):
-        from .methods import registry
-
         if self.name is None:
             object.__setattr__(self, "name", registry.default_name())
         try:
@@ -216,7 +189,6 @@ class MethodConfig:
 
     @property
     def method_class(self) -> type:
-        from .methods import registry
         return registry.get(self.name)
 
 
@@ -263,6 +235,8 @@ class TrainConfig:
     precision: str = "auto"        # auto: bf16 where the device has it natively, else fp32; or fp32, bf16
     channels_last: bool | None = None   # None: on when training in bf16
     compile: bool = False
+    threads: int | None = None     # intra-op CPU threads while training (None: as torch is set); bf16 on a CPU
+                                   # gives other weights with another count, so a study fixes it
     eval_every: int = 1            # class-wise validation evaluation every N epochs (and at the end) ...
     eval_every_epoch_after_decay: bool = True   # ... and every epoch from the first lr decay on (the releases)
     selection: str = "validation"  # checkpoints selected on the validation split; 'test': on the test set
@@ -273,6 +247,7 @@ class TrainConfig:
     overwrite: bool = False
     stop_after: int | None = None  # stop (resumable, as if interrupted) after this epoch
     progress: bool = True
+    trackers: tuple = ("tensorboard",)   # what shows the run while it trains (absld_core/trackers/); () for none
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
@@ -287,6 +262,8 @@ class TrainConfig:
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise invalid("device", self.device, "'cpu', 'cuda' or 'cuda:N'")
         check_int("eval_every", self.eval_every)
+        if self.threads is not None:
+            check_int("threads", self.threads)
         if self.selection not in SELECTIONS:
             raise invalid("selection", self.selection, "'validation' (held-out split, the default) or 'test' "
                                                     "(the releases' protocol)")
@@ -298,6 +275,11 @@ class TrainConfig:
             check_int("stop_after", self.stop_after)
         if self.final_checkpoint not in ("last", "best", "fair_best"):
             raise invalid("final_checkpoint", self.final_checkpoint, "'last', 'best' or 'fair_best'")
+        from . import trackers
+        bad = [t for t in self.trackers if t not in trackers.names()]
+        if bad or not isinstance(self.trackers, tuple):
+            raise invalid("trackers", list(self.trackers) if isinstance(self.trackers, tuple) else self.trackers,
+                          f"a list of trackers from {', '.join(trackers.names())}, or [] for none")
         self.method.options.check_config(self)
 
     # ------------------------------------------------------------ construction and serialisation
@@ -349,8 +331,6 @@ _NESTED = {"data": DataConfig, "model": ModelConfig, "attack": AttackConfig, "me
 
 def _build_method(d: dict, prefix: str) -> MethodConfig:
     """method: {name, teacher, **options}: the options are built by the named method's dataclass."""
-    from .methods import registry
-
     d = dict(d)
     name = d.pop("name", None)
     name = registry.default_name() if name is None else name
@@ -401,20 +381,26 @@ def _parse_value(text: str):
         return text
 
 
+def key_values(overrides: dict | list[str] | None, parse, error: type, form: str) -> list[tuple[str, Any]]:
+    """(key, value) pairs from a dict or from 'key=value' strings (value = parse(text, whole item));
+    a string without '=' raises error naming the expected form."""
+    if isinstance(overrides, dict):
+        return list(overrides.items())
+    out = []
+    for item in overrides or []:
+        if "=" not in item:
+            raise error(f"override {item!r} must look like {form}")
+        k, v = item.split("=", 1)
+        out.append((k.strip(), parse(v, item)))
+    return out
+
+
 def apply_overrides(d: dict, overrides: dict | list[str] | None) -> dict:
     """Apply {'optim.lr': 0.05} or ['optim.lr=0.05'] to a nested dict (a deep copy is returned)."""
     d = copy.deepcopy(d)
     if not overrides:
         return d
-    items = overrides.items() if isinstance(overrides, dict) else []
-    if isinstance(overrides, (list, tuple)):
-        pairs = []
-        for s in overrides:
-            if "=" not in s:
-                raise ConfigError(f"override {s!r} must look like key.sub=value")
-            k, v = s.split("=", 1)
-            pairs.append((k.strip(), _parse_value(v)))
-        items = pairs
+    items = key_values(overrides, lambda v, _: _parse_value(v), ConfigError, "key.sub=value")
     for key, value in items:
         node = d
         parts = key.split(".")

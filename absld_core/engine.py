@@ -24,17 +24,18 @@ from .attacks import model_mode
 from .config import ConfigError, TrainConfig, config_changes, normalised
 from .data import BatchIterator, Dataset, load_dataset
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, init_from_env
-from .evaluate import evaluate, evaluate_per_image, save_per_image, save_table
+from .evaluate import evaluate, evaluate_per_image, format_table, load_table, save_per_image, save_table
 from .methods import EpochStart, EpochStats, Method, StepContext, StepOutput, build_method
 from .models import (build_model, check_fits, load_checkpoint, load_state_dict, model_from_checkpoint,
                      save_checkpoint)
 from .models.checkpoint import atomic_torch_save
+from . import provenance, trackers
 from .precision import resolve as resolve_precision
 from .runs import RunDir, RunExistsError, RunLockedError, write_json_atomic
-from .schedule import lr_at, lr_factor, milestone_epochs
+from .schedule import lr_at, milestone_epochs, next_lr_factor
 
 __all__ = ["train", "NonFiniteLossError", "RunExistsError", "RunLockedError", "prepare_data", "load_teacher",
-           "MultiView", "check_device"]
+           "MultiView", "check_device", "Session", "make_session", "reevaluate"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -208,11 +209,73 @@ def train(config, *, info: DistInfo | None = None) -> Path:
     run = RunDir(cfg.run_dir)
     _refuse_foreign(run)
     lock = run.lock() if info.is_main else None  # one writer per run directory, for the whole run
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)  # the run's own count (recorded), restored afterwards
     try:
         return _train(cfg, run, info, device)
     finally:
+        torch.set_num_threads(threads)
         if lock is not None:
             lock.release()
+
+
+class Session:
+    """Everything one run trains with, set up once: the student (and its forward: compiled, MultiView,
+    DDP), the method, the teacher, the optimiser, the precision contexts and the data. `epoch(e)` trains
+    one epoch and returns its history record and statistics; `train` runs a whole run with it, and the
+    rehearsal's cost count and the training benchmark time its epochs the same way.
+
+        session = make_session(cfg, ds, device)
+        record, stats = session.epoch(1, loader)     # loader: a BatchIterator (default: the training set)
+    """
+
+    def __init__(self, cfg: TrainConfig, ds, device: torch.device, model: nn.Module, method: Method,
+                 teacher: nn.Module | None, opt, info: DistInfo, prec, loader=None, wrap=None):
+        self.cfg, self.ds, self.device, self.model, self.method = cfg, ds, device, model, method
+        self.teacher, self.opt, self.info, self.prec, self.loader, self._wrap = teacher, opt, info, prec, loader, wrap
+        self.autocast, self.attack_dtype = prec.contexts(device)
+        self._net = self._fwd = None
+
+    def _forward(self):
+        """compile, MultiView and DDP around the student, made at the first epoch (after a resume has
+        loaded its weights into the plain module)."""
+        if self._fwd is None:
+            self._net = torch.compile(self.model) if self.cfg.compile else self.model
+            fwd: nn.Module = MultiView(self._net)
+            if self.info.enabled:
+                from torch.nn.parallel import DistributedDataParallel as DDP
+                fwd = DDP(fwd, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                          broadcast_buffers=False)
+            self._fwd = self._wrap(fwd) if self._wrap is not None else fwd
+        return self._net, self._fwd
+
+    def epoch(self, epoch: int, loader=None) -> tuple[dict, EpochStats]:
+        """Train 1-based `epoch` over `loader` (default: the session's training loader)."""
+        net, fwd = self._forward()
+        return _train_epoch(self, epoch, net, fwd, loader if loader is not None else self.loader)
+
+
+_LOAD = object()
+
+
+def make_session(cfg: TrainConfig, ds, device: torch.device, *, model: nn.Module | None = None,
+                 teacher=_LOAD, info: DistInfo | None = None, loader=None, wrap=None) -> Session:
+    """A Session for `cfg` on data `ds` (a Dataset, or anything with num_classes, image_shape, val_x,
+    val_y): the student (built from cfg unless given), the method, the teacher (loaded from
+    cfg.method.teacher unless given; None for none) and the optimiser, in the run's precision and memory
+    format. wrap(forward) may wrap the training forward (the rehearsal counts what it saves)."""
+    info = info or DistInfo()
+    prec = resolve_precision(cfg, device)
+    mf = torch.channels_last if prec.channels_last else torch.contiguous_format
+    model = (model if model is not None else build_student(cfg, ds)).to(device, memory_format=mf)
+    method: Method = build_method(cfg.method, ds.num_classes, device, cfg)
+    if teacher is _LOAD:
+        teacher = load_teacher(cfg, ds.num_classes, device, ds.image_shape[0]) if method.needs_teacher else None
+    if teacher is not None:
+        teacher = teacher.to(memory_format=mf)
+    opt = make_optimizer(model, cfg.optim, device)
+    return Session(cfg, ds, device, model, method, teacher, opt, info, prec, loader, wrap)
 
 
 def _train(cfg: TrainConfig, run: RunDir, info: DistInfo, device: torch.device) -> Path:
@@ -223,20 +286,16 @@ def _train(cfg: TrainConfig, run: RunDir, info: DistInfo, device: torch.device) 
     torch.manual_seed(cfg.seed + info.rank)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
-    prec = resolve_precision(cfg, device)
-    mf = torch.channels_last if prec.channels_last else torch.contiguous_format
 
     ds = prepare_data(cfg)
     meta = model_meta(cfg, ds)
-    model = build_student(cfg, ds).to(device, memory_format=mf)
-    method: Method = build_method(cfg.method, ds.num_classes, device, cfg)
-    teacher = None
-    if method.needs_teacher:
-        teacher = load_teacher(cfg, ds.num_classes, device, ds.image_shape[0]).to(memory_format=mf)
-    opt = make_optimizer(model, cfg.optim, device)
-    loader = BatchIterator(ds.train_x, ds.train_y, cfg.optim.batch_size, shuffle=True, augment=cfg.data.augment,
-                           pad=cfg.data.pad, seed=cfg.seed, device=device, memory_format=mf,
-                           rank=info.rank, world_size=info.world_size, drop_last=info.enabled)
+    session = make_session(cfg, ds, device, info=info)
+    model, method, opt, prec = session.model, session.method, session.opt, session.prec
+    mf = torch.channels_last if prec.channels_last else torch.contiguous_format
+    session.loader = loader = BatchIterator(ds.train_x, ds.train_y, cfg.optim.batch_size, shuffle=True,
+                                            augment=cfg.data.augment, pad=cfg.data.pad, seed=cfg.seed, device=device,
+                                            memory_format=mf, rank=info.rank, world_size=info.world_size,
+                                            drop_last=info.enabled)
     if len(loader) == 0:
         raise ValueError(f"optim.batch_size={cfg.optim.batch_size} leaves no batch for {len(ds.train_y)} "
                          f"training images over {info.world_size} process(es)")
@@ -256,27 +315,24 @@ def _train(cfg: TrainConfig, run: RunDir, info: DistInfo, device: torch.device) 
         start, best = int(ck["epoch"]) + 1, dict(ck["best"])
         if info.is_main:
             run.truncate_history(int(ck["epoch"]), json.loads(ck["record"]) if ck.get("record") else None)
+    watchers = _trackers(cfg, run, ds) if info.is_main else []
     if info.is_main:
-        write_json_atomic(run.config, {**cfg.to_dict(), "resolved": {"num_classes": ds.num_classes,
+        write_json_atomic(run.config, {**cfg.to_dict(), "resolved": {
+                                       "trackers": [t.name for t in watchers], "num_classes": ds.num_classes,
                                        "classes": ds.classes, "image_shape": list(ds.image_shape),
                                        "train_size": len(ds.train_y), "world_size": info.world_size,
-                                       "torch": torch.__version__, "method": method.resolved(),
-                                       "precision": prec.as_record()}})
+                                       "method": method.resolved(), "precision": prec.as_record(),
+                                       **provenance.record(method)}})
         run.set_status("running", epoch=start - 1)
         if cfg.progress:
-            print(f"{cfg.name}: {prec.describe()}", flush=True)
-
-    net = torch.compile(model) if cfg.compile else model
-    fwd: nn.Module = MultiView(net)
-    if info.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    autocast, attack_dtype = prec.contexts(device)
+            print(f"{cfg.name}: {prec.describe()}, {torch.get_num_threads()} thread(s)", flush=True)
+    if resume:
+        for t in watchers:  # the curves again from the (truncated) history: none missing, none repeated
+            t.restart(run.history())
 
     try:
         for epoch in range(start, cfg.optim.epochs + 1):
-            record, stats = _train_epoch(cfg, epoch, model, net, fwd, teacher, method, opt, loader, device, info,
-                                         autocast, attack_dtype, ds)
+            record, stats = session.epoch(epoch)
             if info.is_main and validates(cfg, epoch, method):
                 record["val"] = stats.val = _validate(cfg, model, ds, device, run, meta, epoch, best)
                 record.update(method.after_validation(stats))
@@ -290,13 +346,17 @@ def _train(cfg: TrainConfig, run: RunDir, info: DistInfo, device: torch.device) 
                                    "method": method.state_dict(), "rng": rng[0], "rng_per_rank": rng,
                                    "epoch": epoch, "best": best, "record": json.dumps(record)}, run.last)
                 run.set_status("running", epoch=epoch)
+                for t in watchers:
+                    t.epoch(record)
             barrier(info)
             if cfg.stop_after is not None and epoch >= cfg.stop_after and epoch < cfg.optim.epochs:
                 if info.is_main:
                     run.set_status("stopped", epoch=epoch)
                 return run.path
         if info.is_main:
-            _final_eval(cfg, ds, device, run, meta, method)
+            _final_eval(cfg, ds, device, run, averaged=method.averaged_weights() is not None)
+            for t in watchers:
+                t.final("\n".join("    " + line for line in format_table(load_table(run.metrics)).splitlines()))
         barrier(info)
     except BaseException as e:
         if info.is_main:
@@ -304,7 +364,23 @@ def _train(cfg: TrainConfig, run: RunDir, info: DistInfo, device: torch.device) 
             done = run.status().get("epoch") if run.last.is_file() else None
             run.set_status("failed", error=f"{type(e).__name__}: {e}", last_checkpoint_epoch=done)
         raise
+    finally:
+        for t in watchers:
+            t.close()
     return run.path
+
+
+def _trackers(cfg: TrainConfig, run: RunDir, ds) -> list:
+    """The run's trackers; one whose package is missing is left out with a warning (and the run's
+    resolved.trackers says which ran)."""
+    out = []
+    for name in cfg.trackers:
+        try:
+            out += trackers.build([name], run.path, ds.classes, cfg.name)
+        except trackers.TrackerError as e:
+            import warnings
+            warnings.warn(f"{cfg.name}: {e}; training without it", stacklevel=3)
+    return out
 
 
 def validates(cfg: TrainConfig, epoch: int, method: Method | None = None) -> bool:
@@ -383,8 +459,10 @@ def train_step(method: Method, x: torch.Tensor, y: torch.Tensor, ctx: StepContex
     return out, value
 
 
-def _train_epoch(cfg, epoch, model, net, fwd, teacher, method, opt, loader, device, info, autocast,
-                 attack_dtype, ds) -> tuple[dict, EpochStats]:
+def _train_epoch(session: Session, epoch: int, net, fwd, loader) -> tuple[dict, EpochStats]:
+    cfg, ds, model, method, opt, device, info = (session.cfg, session.ds, session.model, session.method, session.opt,
+                                                 session.device, session.info)
+    teacher, autocast, attack_dtype = session.teacher, session.autocast, session.attack_dtype
     C = ds.num_classes
     loader.set_epoch(epoch)
     method.before_epoch(EpochStart(epoch, model, ds.val_x, ds.val_y, device, cfg.attack.eps, cfg.attack.alpha))
@@ -424,7 +502,7 @@ def _train_epoch(cfg, epoch, model, net, fwd, teacher, method, opt, loader, devi
                        r_nat if r_nat is not None else torch.zeros(C),
                        acc_adv=per_class(totals.correct_adv, totals.has_adv),
                        acc_nat=per_class(totals.correct_nat, totals.has_nat),
-                       lr_factor=lr_factor(cfg.optim, epoch + 1), model=model,
+                       lr_factor=next_lr_factor(cfg.optim, epoch), model=model,
                        reduce=lambda t: all_reduce_sum(t, info))
     extra = method.after_epoch(stats)
     total = float(totals.count.sum())
@@ -490,9 +568,10 @@ def _save_averaged(method: Method, run: RunDir, meta: dict, epoch: int) -> None:
         atomic_torch_save({"model": avg, "meta": {**meta, "epoch": epoch, "averaged": True}}, run.checkpoint("averaged"))
 
 
-def _final_eval(cfg, ds, device, run, meta, method: Method) -> None:
-    which = "averaged" if method.averaged_weights() is not None else cfg.final_checkpoint
-    path = run.checkpoint_or_last(which)
+def _final_eval(cfg, ds, device, run: RunDir, averaged: bool) -> None:
+    """The chosen checkpoint (the averaged weights of a method that averages) evaluated class-wise on
+    the test set: per_image.npz, then metrics.json and metrics.csv (whose presence means finished)."""
+    path = run.checkpoint_or_last("averaged" if averaged else cfg.final_checkpoint)
     model, ck_meta = model_from_checkpoint(path, device)
     ck_epoch = ck_meta.get("epoch", cfg.optim.epochs if path == run.last else None)
     df, correct = evaluate_per_image(
@@ -505,3 +584,30 @@ def _final_eval(cfg, ds, device, run, meta, method: Method) -> None:
     save_table(df, run.metrics)
     save_table(df, run.path / "metrics.csv")
     run.set_status("finished", epoch=cfg.optim.epochs)
+
+
+def reevaluate(config, changed: list[str] | None = None) -> Path:
+    """Evaluate a finished run again under `config`, which differs from the run's config.json only in
+    evaluation fields (config.EVALUATION_FIELDS: the test attacks, AutoAttack's budget, the final
+    checkpoint): no weight moves. The new per_image.npz, metrics and config.json replace the old ones
+    one file at a time, atomically, config.json last, so an interrupted re-evaluation is done again
+    by the next reuse and never leaves a run that looks finished with another configuration."""
+    from .config import EVALUATION_FIELDS
+
+    cfg = TrainConfig.from_dict(config)
+    device = check_device(cfg.device)
+    run = RunDir(cfg.run_dir)
+    if not run.finished():
+        raise RunExistsError(f"{run.path} is not a finished run; only a finished run can be evaluated again")
+    saved = json.loads(run.config.read_text())
+    changed = config_changes(normalised(saved), cfg.to_json()) if changed is None else changed
+    training = [c for c in changed if c not in EVALUATION_FIELDS]
+    if training:
+        raise ConfigError(f"{run.path}: {', '.join(training)} change(s) training, not only the evaluation; "
+                          f"train the run again instead")
+    with run.lock():
+        ds = prepare_data(cfg)
+        _final_eval(cfg, ds, device, run, averaged=run.checkpoint("averaged").is_file())
+        write_json_atomic(run.config, {**cfg.to_dict(), "resolved": {
+            **saved.get("resolved", {}), "reevaluated": {"changed": changed, **provenance.record()}}})
+    return run.path

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -22,52 +20,13 @@ import torch
 import torch.nn as nn
 
 from . import attacks as A
+from .atomic import atomic_write
 from .attacks import model_mode
+from .vocab import AttackSpec, parse_attack
 
 SUMMARY_COLUMNS = ["avg", "worst", "worst_class", "nsd", "n"]
 __all__ = ["evaluate", "evaluate_per_image", "save_per_image", "load_per_image", "AttackSpec", "parse_attack", "summarise", "save_table", "load_table",
            "class_accuracies", "SUMMARY_COLUMNS"]
-
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """One evaluation attack: kind in clean/fgsm/pgd/cw/aa, steps, and for aa an optional subset."""
-    name: str
-    kind: str
-    steps: int = 0
-    aa_attacks: tuple[str, ...] | None = None
-
-
-_PATTERNS = [
-    (r"clean|natural", lambda m: ("clean", 0)),
-    (r"fgsm", lambda m: ("fgsm", 1)),
-    (r"pgd(\d+)?", lambda m: ("pgd", int(m.group(1) or 20))),
-    (r"cw(\d+)?", lambda m: ("cw", int(m.group(1) or 30))),
-]
-
-
-def parse_attack(spec: str) -> AttackSpec:
-    """'clean', 'fgsm', 'pgdN' (default 20), 'cwN' (default 30), 'aa' (standard AutoAttack) or
-    'aa:apgd-ce+apgd-t' (a subset of the AutoAttack attacks)."""
-    s = str(spec).strip().lower()
-    for pat, make in _PATTERNS:
-        m = re.fullmatch(pat, s)
-        if m:
-            kind, steps = make(m)
-            if steps < 1 and kind != "clean":
-                raise ValueError(f"attack {spec!r}: the number of steps must be >= 1")
-            return AttackSpec(s, kind, steps)
-    if s == "aa":
-        return AttackSpec(s, "aa")
-    if s.startswith("aa:"):
-        subset = tuple(a for a in s[3:].split("+") if a)
-        bad = [a for a in subset if a not in A.AA_ATTACKS]
-        if bad or not subset:
-            raise ValueError(f"attack {spec!r}: unknown AutoAttack part(s) {bad or '(none given)'}; "
-                             f"allowed: {', '.join(A.AA_ATTACKS)}")
-        return AttackSpec(s, "aa", 0, subset)
-    raise ValueError(f"unknown attack {spec!r}; allowed: clean, fgsm, pgdN (e.g. pgd20), cwN (e.g. cw30), "
-                     f"aa, aa:<{'+'.join(A.AA_ATTACKS[:2])}...>")
 
 
 def class_accuracies(correct: torch.Tensor, y: torch.Tensor, num_classes: int) -> np.ndarray:
@@ -198,31 +157,23 @@ def _run_attacks(model, x, y, specs, eps, pgd_alpha, cw_alpha, batch_size, devic
 def save_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write the table as JSON (.json, with its eps/classes attributes) or CSV (.csv), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     if path.suffix == ".json":
         payload = {"attrs": {k: v for k, v in df.attrs.items()},
                    "rows": {str(i): {k: (None if isinstance(v, float) and np.isnan(v) else v)
                                      for k, v in r.items()} for i, r in df.to_dict(orient="index").items()}}
-        tmp.write_text(json.dumps(payload, indent=1))
+        text = json.dumps(payload, indent=1)
     elif path.suffix == ".csv":
-        df.to_csv(tmp)
+        text = df.to_csv()
     else:
         raise ValueError(f"table path must end in .json or .csv, got {path}")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def save_per_image(path: str | os.PathLike, y: torch.Tensor | np.ndarray, correct: dict[str, np.ndarray]) -> Path:
     """Labels and per-attack correctness of every test image, as an .npz of plain arrays (atomically)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     arrays = {"labels": np.asarray(y, dtype=np.int64)}
     arrays.update({f"correct/{k}": np.asarray(v, dtype=bool) for k, v in correct.items()})
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **arrays)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def load_per_image(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, np.ndarray]]:

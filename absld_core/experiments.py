@@ -20,21 +20,62 @@ def student_methods() -> list[str]:
     return registry.student_names()
 
 
-def run_or_resume(cfg: dict, log=print) -> Path:
-    """Train a run: reuse a finished run with the same config, continue an unfinished one, and train
-    again (saying why) when the config changed."""
-    from .config import TrainConfig, config_changes, normalised
-    from .engine import train
+class RetrainRefused(RuntimeError):
+    """A finished (or started) run would be trained again because its configuration changed, and the
+    caller did not ask for that (a notebook's `retrain` parameter)."""
+
+
+def run_state(cfg: dict) -> tuple[str, list[str]]:
+    """Where the run of `cfg` stands, and the fields of its config.json that differ from cfg:
+    'new' (no run yet), 'done' (finished with this config), 'unfinished' (to resume), 'reevaluate'
+    (finished; only evaluation fields differ: evaluated again, no training) or 'changed' (a field
+    that changes training differs: it would be trained again)."""
+    from .config import EVALUATION_FIELDS, TrainConfig, config_changes, normalised
 
     run = RunDir(Path(cfg.get("out_dir", "runs")) / cfg["name"])
     if not run.config.is_file():
-        return train({**cfg, "resume": False, "overwrite": run.exists()})
+        return "new", []
     new = TrainConfig.from_dict({**cfg, "resume": False, "overwrite": False}).to_json()
     changed = config_changes(normalised(json.loads(run.config.read_text())), new)
     if changed:
+        if run.finished() and all(c in EVALUATION_FIELDS for c in changed):
+            return "reevaluate", changed
+        return "changed", changed
+    return ("done" if run.finished() else "unfinished"), []
+
+
+def run_or_resume(cfg: dict, log=print, retrain: bool = True) -> Path:
+    """Train a run: reuse a finished run with the same config, continue an unfinished one, evaluate a
+    finished one again when only evaluation fields changed, and train again (saying why) when a
+    training field changed, or, with retrain=False, refuse to (RetrainRefused names the fields)."""
+    from .engine import reevaluate, train
+
+    run = RunDir(Path(cfg.get("out_dir", "runs")) / cfg["name"])
+    state, changed = run_state(cfg)
+    if state == "new":
+        return train({**cfg, "resume": False, "overwrite": run.exists()})
+    if state == "reevaluate":
+        log(f"{run.path}: only the evaluation changed ({', '.join(changed)}); evaluating the finished run again, "
+            f"no training")
+        return reevaluate(cfg, changed)
+    if state == "changed":
+        if not retrain:
+            raise RetrainRefused(f"{run.path} would be trained again: {', '.join(changed[:6])} changed")
         log(f"{run.path}: configuration changed ({', '.join(changed[:6])}); training again")
         return train({**cfg, "resume": False, "overwrite": True})
+    if state == "done":
+        _say_thread_difference(run, cfg, log)
     return train({**cfg, "resume": True, "overwrite": False})
+
+
+def _say_thread_difference(run: RunDir, cfg: dict, log) -> None:
+    """A reused run whose thread count was not fixed, trained with another count than this process has."""
+    import torch
+
+    recorded = json.loads(run.config.read_text()).get("resolved", {}).get("intra_op_threads")
+    if cfg.get("threads") is None and recorded is not None and recorded != torch.get_num_threads():
+        log(f"{run.path}: reused; it trained with {recorded} thread(s), this process has {torch.get_num_threads()} "
+            f"(bf16 on a CPU gives other weights with another count: set threads to fix it)")
 
 
 def record_per_image(run_dir: str | Path, device: str = "cpu") -> Path:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .evaluate import SUMMARY_COLUMNS, load_per_image, load_table
+from .vocab import attack_label
 
 METRICS = ("avg", "worst", "nsd")
 N_BOOT = 2000
@@ -202,7 +203,6 @@ def describe(d: Difference, metric: str, a: str | None = None, b: str | None = N
     what = METRIC_WORDS.get(metric, f"class {metric}")
     unit = "" if metric == "nsd" else " points"
     fmt = "{:+.3f}" if metric == "nsd" else "{:+.1f}"
-    from .plots import attack_label
 
     attack = attack_label(d.attack)
     text = (f"{a or d.a} - {b or d.b}, {what} {attack}: {fmt.format(diff)}{unit} "

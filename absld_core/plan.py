@@ -19,12 +19,14 @@ the teacher's own variance, which is what a user retraining the chain sees. An e
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STUDY_NOTEBOOKS_WITH_TRAINING = ("01_smoothness_vs_fairness", "02_teacher", "03_students")
-PAIR_LABELS = ("SSD (temperature)", "DSD (temperature)", "SSD (label smoothing)", "DSD (label smoothing)")
+from .declare import N1, N2, N3
+from .smoothness import PAIR_LABELS
+
+# the run directories of a study (under run_root/s<seed>/): the plan is the one place that names them
+REFERENCE_RUN, TEACHER_RUN, EXTERNAL_TEACHER_RUN, STUDENT_PREFIX = "reference", "teacher", "teacher-external", "student"
 PAIR_RUNS = dict(zip(PAIR_LABELS, ("ssd-kd", "dsd-kd", "ssd-ls", "dsd-ls")))
 
 
@@ -58,28 +60,28 @@ class Job:
                                    p["ls_smooth"])
         return smoothness.pair_configs(self.config, p["reference"], settings)[self.label]
 
-    def status(self) -> str:
-        """'done' (finished with this config), 'unfinished' (a run to resume), 'changed' (config differs:
-        trained again) or 'new'."""
-        from .config import TrainConfig, config_changes, normalised
+    def state(self) -> tuple[str, list[str]]:
+        """(experiments.run_state's state of this job's run, the changed fields); a pair whose reference
+        is not finished yet is 'unfinished' (its method is set by that run)."""
+        from .experiments import run_state
         from .runs import RunDir
 
-        run = RunDir(self.run_dir)
-        if not run.config.is_file():
-            return "new"
+        if not RunDir(self.run_dir).config.is_file():
+            return "new", []
         if self.pair is not None and not RunDir(self.pair["reference"]).finished():
-            return "unfinished"  # its method is set by a reference run that is not finished
-        cfg = self.resolved_config()
-        new = TrainConfig.from_dict({**cfg, "resume": False, "overwrite": False}).to_json()
-        if config_changes(normalised(json.loads(run.config.read_text())), new):
-            return "changed"
-        return "done" if run.finished() else "unfinished"
+            return "unfinished", []
+        return run_state(self.resolved_config())
 
-    def run(self, log=print, progress: bool = True) -> Path:
-        """Train (or resume, or reuse) this job's run in this process (progress: the run's own bars)."""
+    def status(self) -> str:
+        """'done', 'unfinished', 'reevaluate' (only evaluation fields changed), 'changed' or 'new'."""
+        return self.state()[0]
+
+    def run(self, log=print, progress: bool = True, retrain: bool = True) -> Path:
+        """Train (or resume, re-evaluate or reuse) this job's run in this process (progress: the run's
+        own bars; retrain=False refuses to train a changed run again)."""
         from .experiments import run_or_resume
 
-        return run_or_resume({**self.resolved_config(), "progress": progress}, log=log)
+        return run_or_resume({**self.resolved_config(), "progress": progress}, log=log, retrain=retrain)
 
 
 # ------------------------------------------------------------------------------------ parameters
@@ -115,13 +117,18 @@ def seed_root(P: dict, seed: int) -> Path:
 
 
 def config(P: dict, seed: int, name: str, method: dict, **over) -> dict:
-    """A run config for one seed (out_dir run_root/s<seed>, the seed's fold) from notebook parameters."""
-    from . import study
+    """A run config for one seed (out_dir run_root/s<seed>, the seed's fold) from study parameters."""
+    from .presets import run_config
 
     fold = fold_of(P, seed)
     if fold is not None:
         over.setdefault("data__options", {"folds": int(P["test_folds"]), "fold": fold, "seed": 0})
-    return study.base_config({**P, "seed": seed, "run_root": str(seed_root(P, seed))}, name, method, **over)
+    return run_config({**P, "seed": seed, "run_root": str(seed_root(P, seed))}, name, method, **over)
+
+
+def student_run(method: str) -> str:
+    """The run directory name of a student method."""
+    return f"{STUDENT_PREFIX}-{method}"
 
 
 # ------------------------------------------------------------------------------------ jobs per notebook
@@ -133,8 +140,8 @@ def reference_jobs(P: dict) -> list[Job]:
     from .methods.pgd_at import PGDAT
 
     epochs = P.get("reference_epochs", P["epochs"])
-    return [_job("01_smoothness_vs_fairness", s, "reference",
-                 config(P, s, "reference", {"name": PGDAT.name}, optim__epochs=epochs)) for s in seeds_of(P)]
+    return [_job(N1, s, "reference", config(P, s, REFERENCE_RUN, {"name": PGDAT.name}, optim__epochs=epochs))
+            for s in seeds_of(P)]
 
 
 def pair_jobs(P: dict) -> list[Job]:
@@ -144,16 +151,15 @@ def pair_jobs(P: dict) -> list[Job]:
         settings["reference"] = str(ref.run_dir)
         base = config(P, ref.seed, "pair", {})
         for label, name in PAIR_RUNS.items():
-            out.append(_job("01_smoothness_vs_fairness", ref.seed, label, {**base, "name": name}, [ref.key],
-                            settings))
+            out.append(_job(N1, ref.seed, label, {**base, "name": name}, [ref.key], settings))
     return out
 
 
 def teacher_jobs(P: dict) -> list[Job]:
     if P.get("teacher_checkpoint"):
         return []
-    return [_job("02_teacher", s, "teacher",
-                 config(P, s, "teacher", {"name": P["teacher_method"]}, optim__epochs=P["teacher_epochs"],
+    return [_job(N2, s, "teacher",
+                 config(P, s, TEACHER_RUN, {"name": P["teacher_method"]}, optim__epochs=P["teacher_epochs"],
                         model__arch=P["teacher_arch"], model__width=P["teacher_width"])) for s in seeds_of(P)]
 
 
@@ -172,39 +178,31 @@ def wanted_methods(P: dict) -> list[str]:
     return names
 
 
-def student_options(P: dict) -> dict[str, dict]:
-    """Notebook 03's per-method options: HAM's warm-up at its release's fraction, ABSLD's eta, TRADES' beta."""
-    start = max(1, round(float(P.get("ham_start_fraction", 0.42)) * int(P["epochs"])))
-    ham = {"ham_start_epoch": start, "ham_early_steps": int(P.get("ham_early_steps", 2))}
-    eta = float(P.get("eta", 0.1))
-    if P.get("eta_for_300_epochs"):  # the paper's total temperature travel (300 updates at eta) in fewer epochs
-        eta = eta_scaled_for_paper(P, eta)
-    from .methods.absld import ABSLD
-    from .methods.absld_ham import ABSLDHAM
-    from .methods.ham import HAM
-    from .methods.trades import TRADES
+def student_options(P: dict, methods) -> dict[str, dict]:
+    """Each student's options from its own study knobs (declared on its options, params.method_options)."""
+    from .params import method_options
 
-    return {HAM.name: ham, ABSLDHAM.name: {**ham, "eta": eta}, ABSLD.name: {"eta": eta},
-            TRADES.name: {"beta": float(P.get("trades_beta", 6.0))}}
+    return {m: method_options(m, P) for m in methods}
 
 
 def teacher_of(P: dict, seed: int) -> tuple[str, tuple[str, ...]]:
     """(the teacher the seed's students distil from, the job key they wait for)."""
     if P.get("teacher_checkpoint"):
         return str(P["teacher_checkpoint"]), ()
-    return str(seed_root(P, seed) / "teacher"), (f"s{seed}/teacher",)
+    return str(seed_root(P, seed) / TEACHER_RUN), (f"s{seed}/{TEACHER_RUN}",)
 
 
 def student_jobs(P: dict) -> list[Job]:
     from .experiments import student_configs
     from .methods import registry
-    from .methods.absld import ABSLD
+    from .methods.absld import ABSLD, study_eta
     from .methods.ham import HAM
 
     out = []
+    methods = wanted_methods(P)
     for s in seeds_of(P):
         teacher, deps = teacher_of(P, s)
-        cfgs = student_configs(config(P, s, "student", {}), teacher, wanted_methods(P), student_options(P))
+        cfgs = student_configs(config(P, s, STUDENT_PREFIX, {}), teacher, methods, student_options(P, methods))
         if P.get("ham_paper_schedule") and HAM.name in cfgs:
             # HAM on its paper's budget: 120 epochs, lr /10, /100, /200 at 60, 90, 110, early dropping from 50
             cfgs[HAM.name]["optim"] = {**cfgs[HAM.name]["optim"], "epochs": 120, "schedule": "ham120"}
@@ -213,49 +211,39 @@ def student_jobs(P: dict) -> list[Job]:
             # ABSLD once more with eta scaled to the paper's temperature travel, beside the plain squeeze
             scaled = copy.deepcopy(cfgs[ABSLD.name])
             scaled["name"] = f"{scaled['name']}-eta-scaled"
-            scaled["method"]["eta"] = eta_scaled_for_paper(P, scaled["method"]["eta"])
+            scaled["method"]["eta"] = study_eta(scaled["method"]["eta"], {**P, "eta_for_300_epochs": True})
             cfgs[ETA_SCALED] = scaled
         for m, cfg in cfgs.items():
             needs = m == ETA_SCALED or registry.get(m).needs_teacher
-            out.append(_job("03_students", s, m, cfg, deps if needs else ()))
+            out.append(_job(N3, s, m, cfg, deps if needs else ()))
     return out
 
 
 ETA_SCALED = "absld_eta_scaled"  # the label of notebook 03's compare_eta_scaling run (student-absld-eta-scaled)
 
 
-def eta_scaled_for_paper(P: dict, eta: float) -> float:
-    """eta for the notebook's students such that their temperatures travel as far in total as 300
-    updates of the paper's schedule at `eta` (schedule.eta_for_paper_travel)."""
-    from .config import OptimConfig
-    from .schedule import eta_for_paper_travel
-
-    return eta_for_paper_travel(OptimConfig(epochs=int(P["epochs"]), schedule=P.get("lr_schedule", "paper300")), eta)
-
-
 def notebook_jobs(notebook: str, P: dict) -> list[Job]:
     """The trainings of one notebook under its parameters P (empty for the notebooks that only read)."""
-    if notebook == "01_smoothness_vs_fairness":
+    if notebook == N1:
         return reference_jobs(P) + pair_jobs(P)
-    if notebook == "02_teacher":
+    if notebook == N2:
         return teacher_jobs(P)
-    if notebook == "03_students":
+    if notebook == N3:
         return student_jobs(P)
     return []
 
 
 def study_plan(preset: str, overrides: list[str] | None = None, notebooks=None) -> list[Job]:
-    """Every training of a preset's notebooks (each with exactly the parameters papermill gives it)."""
-    from . import study
+    """Every training of a preset's notebooks (each with exactly the parameters its notebook gets)."""
+    from .presets import load_preset, resolve_parameters, spec_parameters
 
-    spec = study.load_preset(preset, overrides)
-    per_nb = study.resolve_parameters(spec)
+    spec = load_preset(preset, overrides)
+    resolve_parameters(spec)  # refuses bad names and values before any work
     jobs: list[Job] = []
     for nb in spec["notebooks"]:
         if notebooks is not None and nb not in notebooks:
             continue
-        P = {**study.notebook_defaults(nb), **per_nb[nb]}
-        jobs += notebook_jobs(nb, P)
+        jobs += notebook_jobs(nb, spec_parameters(spec, nb))
     check(jobs)
     return jobs
 
@@ -273,18 +261,105 @@ def check(jobs: list[Job]) -> None:
                 raise PlanError(f"job {j.key} waits for {d}, which is not in the plan")
 
 
-def run_jobs(jobs: list[Job], log=print, progress: bool = True) -> dict[str, Path]:
-    """Train a notebook's jobs in this process, in plan order (each reused when already finished),
-    under one compact progress bar over the runs (a notebook's output stays a few lines long)."""
+def run_jobs(jobs: list[Job], retrain: bool = True, log=print, progress: bool = True) -> dict[str, Path]:
+    """Train a notebook's jobs in this process, in plan order: reuse the finished ones, resume the
+    unfinished ones, evaluate again those whose evaluation alone changed. A run whose training
+    configuration changed is trained again only with retrain=True; otherwise nothing is started and
+    RetrainRefused names every such run and what changed. progress: one compact bar over the runs in
+    JupyterLab, lines of text in a batch (`absld study`) kernel, ending with a count."""
+    from .experiments import RetrainRefused
+    from .study import batch_mode
+
+    states = {j.key: j.state() for j in jobs}
+    blocked = [(j, states[j.key][1]) for j in jobs if states[j.key][0] == "changed"]
+    if blocked and not retrain:
+        lines = "; ".join(f"{j.run_dir} ({', '.join(ch[:4])}{' ...' if len(ch) > 4 else ''})" for j, ch in blocked)
+        raise RetrainRefused(f"{len(blocked)} finished or started run(s) would be trained again because their "
+                             f"training configuration changed: {lines}. Nothing was trained or deleted. Set "
+                             f"retrain = True in the parameters cell (absld study: --set retrain=true) to train "
+                             f"them again, or put the values back")
+    count = {}
+    text = batch_mode() or not progress
     from tqdm.auto import tqdm
 
     out = {}
-    with tqdm(total=len(jobs), desc="runs", unit="run", disable=not progress or not jobs) as bar:
+    with tqdm(total=len(jobs), desc="runs", unit="run", disable=text or not jobs) as bar:
         for j in jobs:
+            state = j.state()[0] if j.deps else states[j.key][0]  # a dependency may have just changed it
             bar.set_postfix_str(j.key, refresh=True)
-            out[j.key] = j.run(log=log, progress=False)
+            if text and state != "done":
+                log(f"{j.key}: {_VERBS[state]}")
+            out[j.key] = j.run(log=log, progress=False, retrain=retrain)
+            count[state] = count.get(state, 0) + 1
             bar.update(1)
+    if jobs:
+        log("runs: " + ", ".join(f"{n} {_DONE[s]}" for s, n in count.items()))
     return out
+
+
+_VERBS = {"new": "training", "unfinished": "resuming", "changed": "training again (retrain)",
+          "reevaluate": "evaluating again (only the evaluation changed)", "done": "reused"}
+_DONE = {"new": "trained", "unfinished": "resumed", "changed": "trained again", "reevaluate": "evaluated again",
+         "done": "reused"}
+
+
+def jobs_of(P: dict, notebook: str) -> list[Job]:
+    """The jobs of `notebook` under the parameters that notebook gets in P's study (P: a notebook's
+    NotebookParams; a plain dict is used as it is)."""
+    of = getattr(P, "of", None)
+    return notebook_jobs(notebook, of(notebook) if of is not None else P)
+
+
+def finished_runs(P: dict) -> dict[str, dict[int, Path]]:
+    """The teacher and the students of every seed (the runs notebooks 02 and 03 write, named by the
+    plan) that are finished and carry per-image results (the ones tables and intervals can use)."""
+    from .runs import RunDir
+
+    runs = by_label(jobs_of(P, N2) + jobs_of(P, N3))
+    out: dict[str, dict[int, Path]] = {}
+    for label, by_seed in runs.items():
+        done = {s: p for s, p in by_seed.items() if RunDir(p).finished() and RunDir(p).per_image.is_file()}
+        if done:
+            out[label] = done
+    return out
+
+
+def external_teacher_dir(P: dict) -> Path | None:
+    """Where notebook 02 records its evaluation of an external teacher_checkpoint (None without one)."""
+    if not P.get("teacher_checkpoint"):
+        return None
+    return seed_root(P, seeds_of(P)[0]) / EXTERNAL_TEACHER_RUN
+
+
+def evaluate_external_teacher(P: dict) -> dict[int, Path]:
+    """Notebook 02 with an external teacher: evaluated once, on the first seed's test split, into
+    external_teacher_dir (metrics.json and per_image.npz); {seed: that directory}."""
+    from .config import TrainConfig
+    from .engine import prepare_data
+    from .evaluate import evaluate_per_image, save_per_image, save_table
+    from .models import model_from_checkpoint
+
+    seed = seeds_of(P)[0]
+    out = external_teacher_dir(P)
+    cfg = config(P, seed, EXTERNAL_TEACHER_RUN, {"name": P["teacher_method"]}, model__arch=P["teacher_arch"])
+    ds = prepare_data(TrainConfig.from_dict(cfg))
+    model, _ = model_from_checkpoint(P["teacher_checkpoint"], P["device"], arch=P["teacher_arch"],
+                                     num_classes=ds.num_classes)
+    table, correct = evaluate_per_image(model, ds.test_x, ds.test_y, cfg["attack"]["test_attacks"], classes=ds.classes,
+                                        eps=cfg["attack"]["eps"], pgd_alpha=cfg["attack"]["eval_alpha"],
+                                        device=P["device"], progress=False)
+    save_per_image(out / "per_image.npz", ds.test_y, correct)
+    save_table(table, out / "metrics.json")
+    return {seed: out}
+
+
+def explorer_run(P: dict) -> Path:
+    """Notebook 05's run: `run` when given, else the study's ABSLD student of the first seed."""
+    from .methods.absld import ABSLD
+
+    if P.get("run"):
+        return Path(P["run"])
+    return seed_root(P, seeds_of(P)[0]) / student_run(ABSLD.name)
 
 
 def by_label(jobs: list[Job]) -> dict[str, dict[int, Path]]:

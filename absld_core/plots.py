@@ -10,6 +10,9 @@ from matplotlib.ticker import MaxNLocator
 import numpy as np
 import pandas as pd
 
+from .atomic import atomic_write
+from .vocab import attack_label  # noqa: F401  (plots.attack_label, as the notebooks call it)
+
 PALETTE = "colorblind"
 
 
@@ -22,25 +25,9 @@ def _style():
 
 def save(fig, path: str | Path, dpi: int = 130) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    tmp.replace(path)
+    atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight"))
     plt.close(fig)
     return path
-
-
-def attack_label(attack: str) -> str:
-    """'pgd20' -> 'PGD-20', 'cw30' -> 'CW-30', 'aa:apgd-ce+apgd-t' -> 'AA (apgd-ce+apgd-t)'."""
-    import re
-
-    a = str(attack)
-    m = re.fullmatch(r"(pgd|cw)(\d+)", a)
-    if m:
-        return f"{m.group(1).upper()}-{m.group(2)}"
-    if a.startswith("aa:"):
-        return f"AA ({a[3:]})"
-    return {"aa": "AutoAttack", "clean": "clean", "fgsm": "FGSM"}.get(a, a)
 
 
 def colours(n: int) -> list:

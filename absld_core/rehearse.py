@@ -29,7 +29,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import plan, study
+from . import params, plan, study
 
 SHARED_JPEG = study.ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 # what a rehearsal shrinks (the preset keeps everything else); milestones scale with the epochs
@@ -171,11 +171,9 @@ def step_cost(cfg_dict: dict, teacher_model: dict | None, num_classes: int, imag
 
     from .config import TrainConfig
     from .data import BatchIterator
-    from .distributed import DistInfo
-    from .engine import MultiView, _train_epoch, build_student, make_optimizer
-    from .methods import build_method
+    from .engine import build_student, make_session
+    from .methods import registry
     from .models import build_model
-    from .precision import resolve
 
     d = {**cfg_dict, "device": "cpu", "precision": "fp32", "progress": False, "compile": False,
          "optim": {**cfg_dict["optim"], "epochs": 1, "batch_size": probe}}
@@ -186,21 +184,17 @@ def step_cost(cfg_dict: dict, teacher_model: dict | None, num_classes: int, imag
     ds = SimpleNamespace(num_classes=num_classes, image_shape=tuple(image_shape), val_x=None, val_y=None)
     torch.manual_seed(0)
     model = build_student(cfg, ds)
-    method = build_method(cfg.method, num_classes, device, cfg)
     teacher = None
-    if method.needs_teacher and teacher_model is not None:
+    if registry.get(cfg.method.name).needs_teacher and teacher_model is not None:
         kw = {k: v for k, v in (("width", teacher_model.get("width")), ("depth", teacher_model.get("depth"))) if v is not None}
         teacher = build_model(teacher_model["arch"], num_classes, image_shape[0], **kw).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-    opt = make_optimizer(model, cfg.optim, device)
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (2 * probe, *image_shape), dtype=torch.uint8, generator=gen)
     y = torch.arange(2 * probe) % num_classes
     ds.val_x = torch.randint(0, 256, (num_classes, *image_shape), dtype=torch.uint8, generator=gen)
     ds.val_y = torch.arange(num_classes)
-    prec = resolve(cfg, device)
-    autocast, attack_dtype = prec.contexts(device)
     saved = [0]
 
     def pack(t):
@@ -219,6 +213,7 @@ def step_cost(cfg_dict: dict, teacher_model: dict | None, num_classes: int, imag
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 return self.inner(*views)
 
+    session = make_session(cfg, ds, device, model=model, teacher=teacher, wrap=Counting)
     epoch = max(1, int(cfg_dict["method"].get("ham_start_epoch", 1) or 1))  # a warm-up: cost the step after it
     counts = []
     for n in (1, 2):  # one batch and two: the difference is one step (a method's per-epoch work cancels)
@@ -226,8 +221,7 @@ def step_cost(cfg_dict: dict, teacher_model: dict | None, num_classes: int, imag
                                device=device, drop_last=True)
         counter, saved[0] = _FlopCounter(), 0
         with counter:
-            _train_epoch(cfg, epoch, model, model, Counting(MultiView(model)), teacher, method, opt, loader, device,
-                         DistInfo(), autocast, attack_dtype, ds)
+            session.epoch(epoch, loader)
         counts.append((counter.total, saved[0] / n))
     step_flops, per_step_saved = counts[1][0] - counts[0][0], counts[1][1]
     n_params = sum(p.numel() for p in model.parameters())
@@ -302,7 +296,7 @@ def rehearsal_overrides(spec: dict, out: Path) -> list[str]:
     over = [f"{k}={v}" for k, v in REHEARSAL.items()]
     for nb, values in PER_NOTEBOOK.items():
         if nb in spec["notebooks"]:
-            declared = study._declared(study.ROOT / "notebooks" / f"{nb}.ipynb")
+            declared = {p.name for p in params.for_notebook(nb)}
             over += [f"{nb}.{k}={v}" for k, v in values.items() if k in declared]
     dataset = spec["parameters"].get("dataset")
     n_train, n_test = REHEARSAL["train_per_class"] + REHEARSAL["val_per_class"], REHEARSAL["test_per_class"]

@@ -13,17 +13,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import check_temperature_rule
+from .checks import check_temperature_rule
+from .methods.absld import ABSLDOptions
 from .methods.temperature import absld_update
+from .schedule import absld_eta
+
+_D = ABSLDOptions  # the defaults are the method's own
 
 
 @dataclass(frozen=True)
 class ReplaySettings:
-    eta: float = 0.1
-    tau_min: float = 0.5
-    tau_max: float = 5.0
-    tau_init_adv: float = 1.0
-    tau_init_nat: float = 1.0
+    eta: float = _D.eta
+    tau_min: float = _D.tau_min
+    tau_max: float = _D.tau_max
+    tau_init_adv: float = _D.tau_init_adv
+    tau_init_nat: float = _D.tau_init_nat
     decay_epochs: tuple = ()      # eta x decay after each of these epochs (the lr milestones)
     decay: float = 0.1
     coupled: bool = False         # release quirk: both targets use t_adv * t_nat
@@ -56,7 +60,7 @@ def etas(s: ReplaySettings, epochs: int) -> list[float]:
     """eta at each of the updates after epochs 1..E: eta0 times the recorded factor, or decay^(number of
     decay epochs <= e)."""
     if s.eta_factors is not None:
-        return [s.eta * s.eta_factors[min(e, len(s.eta_factors)) - 1] for e in range(1, epochs + 1)]
+        return [absld_eta(s.eta, s.eta_factors[min(e, len(s.eta_factors)) - 1]) for e in range(1, epochs + 1)]
     return [s.eta * s.decay ** sum(e >= d for d in s.decay_epochs) for e in range(1, epochs + 1)]
 
 

@@ -9,11 +9,12 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from .atomic import atomic_write
 
 try:
     import fcntl
@@ -24,6 +25,7 @@ except ImportError:  # pragma: no cover - not POSIX: runs are not locked
 RUN_FILES = ("config.json", "history.jsonl", "status.json", "last.pt", "best.pt", "fair_best.pt",
              "averaged.pt", "metrics.json", "metrics.csv", "per_image.npz", "run.lock")
 _TEMP = re.compile(r"^(" + "|".join(re.escape(f) for f in RUN_FILES) + r").*\.tmp$")
+_TRACKER_FILES = re.compile(r"^events\.out\.tfevents\.")  # TensorBoard's event files (trackers/tensorboard.py)
 
 
 class RunExistsError(FileExistsError):
@@ -48,19 +50,7 @@ def _clean(v: Any):
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
@@ -99,7 +89,7 @@ class RunDir:
         if not self.path.is_dir():
             return []
         return sorted(p.name + ("/" if p.is_dir() else "") for p in self.path.iterdir()
-                      if not (p.is_file() and (p.name in RUN_FILES or _TEMP.match(p.name))))
+                      if not (p.is_file() and (p.name in RUN_FILES or _TEMP.match(p.name) or _TRACKER_FILES.match(p.name))))
 
     def clear(self) -> None:
         """Delete the run's record (never the lock, never anything else); refuses a foreign directory."""

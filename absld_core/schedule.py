@@ -1,10 +1,13 @@
-"""Learning-rate schedules as pure functions of the epoch (so a resumed run needs no scheduler state)."""
+"""Learning-rate schedules as pure functions of the epoch (so a resumed run needs no scheduler state),
+and ABSLD's temperature step, which follows the lr. `cfg` is an OptimConfig (or anything with its
+fields epochs, schedule, milestones, gamma, lr, warmup_epochs); this module imports nothing from the
+package, so that configs and methods can both read it."""
 from __future__ import annotations
 
-from .config import OptimConfig
+from types import SimpleNamespace
 
 
-def lr_factor(cfg: OptimConfig, epoch: int) -> float:
+def lr_factor(cfg, epoch: int) -> float:
     """Multiplier of the base lr during 1-based `epoch`, warm-up excluded.
 
     paper300: x0.1 after 215, 260 and 285 of 300 epochs (scaled to cfg.epochs);
@@ -24,7 +27,7 @@ def lr_factor(cfg: OptimConfig, epoch: int) -> float:
     return cfg.gamma ** sum(e > m for m in cfg.milestones)
 
 
-def lr_at(cfg: OptimConfig, epoch: int, batch: int = 0, batches_per_epoch: int = 1) -> float:
+def lr_at(cfg, epoch: int, batch: int = 0, batches_per_epoch: int = 1) -> float:
     """Learning rate for a batch: the schedule, with a linear warm-up over the first warmup_epochs."""
     lr = cfg.lr * lr_factor(cfg, epoch)
     if cfg.warmup_epochs and epoch <= cfg.warmup_epochs:
@@ -33,7 +36,7 @@ def lr_at(cfg: OptimConfig, epoch: int, batch: int = 0, batches_per_epoch: int =
     return lr
 
 
-def milestone_epochs(cfg: OptimConfig) -> list[int]:
+def milestone_epochs(cfg) -> list[int]:
     """Epochs after which the lr drops (for plots and for eta's decay)."""
     return [e for e in range(1, cfg.epochs) if lr_factor(cfg, e + 1) < lr_factor(cfg, e)]
 
@@ -42,33 +45,53 @@ def milestone_epochs(cfg: OptimConfig) -> list[int]:
 # a run's "temperature travel", the sum of eta over its updates, bounds how far a class temperature can
 # go. The paper: 300 updates at eta 0.1 with the x0.1 decays at 215/260/285. Squeezing that schedule
 # into a few epochs keeps eta and shrinks the travel by about the same factor as the epochs.
-PAPER_EPOCHS, PAPER_ETA = 300, 0.1
+PAPER_EPOCHS, PAPER_ETA = 300, 0.1   # the paper's epochs and eta (ABSLD's default eta)
 
 
-def eta_factors(cfg: OptimConfig, follows_lr: bool = True) -> list[float]:
-    """eta's multiplier at each of the run's temperature updates (one after every epoch; the release
-    decays lr and eta before it updates, so the update after epoch e uses the lr factor of epoch e+1)."""
-    return [lr_factor(cfg, e + 1) if follows_lr else 1.0 for e in range(1, cfg.epochs + 1)]
+def simple_schedule(epochs: int, schedule: str = "paper300"):
+    """The fields of an OptimConfig that the lr factor reads, for a named schedule over `epochs`."""
+    return SimpleNamespace(epochs=epochs, schedule=schedule, milestones=(), gamma=0.1)
 
 
-def temperature_travel(cfg: OptimConfig, eta: float, follows_lr: bool = True) -> float:
+def _paper_schedule():
+    return simple_schedule(PAPER_EPOCHS)
+
+
+def next_lr_factor(cfg, epoch: int) -> float:
+    """The lr multiplier of the epoch after 1-based `epoch` (what the per-epoch hooks receive)."""
+    return lr_factor(cfg, epoch + 1)
+
+
+def absld_eta(eta: float, next_factor: float, follows_lr: bool = True) -> float:
+    """ABSLD's temperature step after an epoch: eta times the lr factor of the next epoch (the release
+    decays lr and eta before it updates the temperatures), or eta itself when it does not follow the lr.
+    The one place of this rule: the engine's method, the explorer's replay and the travel use it."""
+    return eta * (next_factor if follows_lr else 1.0)
+
+
+def eta_factors(cfg, follows_lr: bool = True) -> list[float]:
+    """eta's multiplier at each of the run's temperature updates (one after every epoch)."""
+    return [absld_eta(1.0, next_lr_factor(cfg, e), follows_lr) for e in range(1, cfg.epochs + 1)]
+
+
+def temperature_travel(cfg, eta: float, follows_lr: bool = True) -> float:
     """The sum of eta over a run's temperature updates: the furthest a class temperature can travel."""
     return float(eta * sum(eta_factors(cfg, follows_lr)))
 
 
 def paper_travel() -> float:
     """The temperature travel of the paper's schedule (300 epochs, eta 0.1, paper300 decays): about 21.9."""
-    return temperature_travel(OptimConfig(epochs=PAPER_EPOCHS, schedule="paper300"), PAPER_ETA)
+    return temperature_travel(_paper_schedule(), PAPER_ETA)
 
 
-def eta_for_paper_travel(cfg: OptimConfig, eta: float = PAPER_ETA, follows_lr: bool = True) -> float:
+def eta_for_paper_travel(cfg, eta: float = PAPER_ETA, follows_lr: bool = True) -> float:
     """eta scaled so that this run's temperatures travel as far in total as the paper's 300 updates at
     `eta` do (eta x 300 / epochs when neither schedule decays; a little more under squeezed decays)."""
-    full = temperature_travel(OptimConfig(epochs=PAPER_EPOCHS, schedule="paper300"), eta)
+    full = temperature_travel(_paper_schedule(), eta)
     return float(full / sum(eta_factors(cfg, follows_lr)))
 
 
-def describe_travel(cfg: OptimConfig, eta: float, follows_lr: bool = True) -> str:
+def describe_travel(cfg, eta: float, follows_lr: bool = True) -> str:
     """One line on a run's temperature budget against the paper's, for the explorer and the notebooks."""
     f = eta_factors(cfg, follows_lr)
     at_full = sum(1 for x in f if x == 1.0)

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .experiments import class_table, run_or_resume
 from .methods.absld import ABSLD
 from .methods.pgd_at import PGDAT
 from .runs import load_run
@@ -74,33 +73,18 @@ def plan(error: np.ndarray, classes: list[str], n_hard: int, tau_sharp: float, t
                 float(tau.mean()), ls, float(ls.mean()))
 
 
-def pair_configs(base: dict, reference: str | Path, p: Plan) -> dict[str, dict]:
-    """Four run configs: SSD/DSD by teacher temperature (distilling from the reference) and by label
-    smoothing (PGD-AT), identical to `base` but for name and method."""
-    def cfg(name, method):
-        return {**base, "name": name, "method": method}
+PAIR_LABELS = ("SSD (temperature)", "DSD (temperature)", "SSD (label smoothing)", "DSD (label smoothing)")
 
+
+def pair_configs(base: dict, reference: str | Path, p: Plan) -> dict[str, dict]:
+    """The four configs by label: SSD/DSD by teacher temperature (distilling from the reference) and by
+    label smoothing (PGD-AT), identical to `base` (its name included: the plan names the runs) but for
+    the method."""
     teacher = {"checkpoint": str(reference)}
     kd = lambda tau: {"name": ABSLD.name, "teacher": teacher, "temperature_schedule": "fixed",  # noqa: E731
                       "tau_init_adv": [float(t) for t in np.broadcast_to(tau, (len(p.classes),))],
                       "tau_init_nat": [float(t) for t in np.broadcast_to(tau, (len(p.classes),))]}
     ls = lambda s: {"name": PGDAT.name,  # noqa: E731
                     "label_smoothing": [float(v) for v in np.broadcast_to(s, (len(p.classes),))]}
-    return {"SSD (temperature)": cfg("ssd-kd", kd(p.tau_ssd)), "DSD (temperature)": cfg("dsd-kd", kd(p.tau_dsd)),
-            "SSD (label smoothing)": cfg("ssd-ls", ls(p.ls_ssd)), "DSD (label smoothing)": cfg("dsd-ls", ls(p.ls_dsd))}
-
-
-def train_pairs(base: dict, reference: str | Path, p: Plan) -> dict[str, Path]:
-    """Train (or reuse) the four runs of `pair_configs`."""
-    return {label: run_or_resume(c) for label, c in pair_configs(base, reference, p).items()}
-
-
-def compare(runs: dict[str, str | Path], attack: str = "pgd20") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(summary: avg / worst / worst_class / nsd per run, class accuracies: runs x classes) on the test set."""
-    summary = {}
-    for label, path in runs.items():
-        df = load_run(path)["metrics"]
-        if attack not in df.index:
-            raise ValueError(f"{path} was not evaluated with {attack}; it has {list(df.index)}")
-        summary[label] = {k: df.loc[attack, k] for k in ("avg", "worst", "worst_class", "nsd")}
-    return pd.DataFrame.from_dict(summary, orient="index"), class_table(runs, attack)
+    methods = (kd(p.tau_ssd), kd(p.tau_dsd), ls(p.ls_ssd), ls(p.ls_dsd))
+    return {label: {**base, "method": m} for label, m in zip(PAIR_LABELS, methods)}

@@ -1,106 +1,127 @@
-"""The study: notebooks executed in order with papermill, per preset.
+"""The study: notebooks executed in order with papermill, per preset, and what a notebook does first.
 
     absld study --preset smoke          # notebooks -> runs/smoke/, figures -> figures/smoke/
 
-A preset (presets/<name>.yaml) holds `parameters` shared by every notebook (each takes the ones its
-`parameters` cell declares) and optional `per_notebook` values. Invalid preset names and unknown
-parameters are refused before anything runs. A notebook is skipped when its source, its parameters,
-the package code and everything upstream are unchanged since its last successful run; otherwise
-the runner says why it reruns. A failing notebook stops the batch with its failing cell's error and
-keeps every finished output. Executed notebooks are written to a temporary copy and moved into place
-only when they finish, and the state records a notebook as running until then, so a study that is
-killed never leaves an unfinished copy that a later run would take as done. Kernels talk to the
-runner over local IPC sockets, not TCP.
+The parameters and presets live in params.py and presets.py, the runs in plan.py; this module runs
+the notebooks. A notebook is skipped when its source, its parameters, the package code and everything
+upstream are unchanged since its last successful run; otherwise the runner says why it reruns. A
+failing notebook stops the batch with its failing cell's error and keeps every finished output.
+Executed notebooks are written to a temporary copy and moved into place only when they finish, and the
+state records a notebook as running until then, so a study that is killed never leaves an unfinished
+copy that a later run would take as done. Kernels talk to the runner over local IPC sockets, not TCP.
+
+A notebook, opened by hand or run by papermill, starts with `notebook_setup(globals(), NAME)`: it
+takes the values of the preset its `preset` parameter names, and keeps those set in its parameters
+cell (or passed by papermill) that differ from the default preset's; see notebook_setup.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-from .config import yaml_load
+from . import params, presets
+from .presets import StudyError, load_preset, resolve_parameters
+from .provenance import code_hash
 from .runs import write_json_atomic, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ("01_smoothness_vs_fairness", "02_teacher", "03_students", "04_class_wise_robustness",
-             "05_temperature_explorer")
+NOTEBOOKS = params.NOTEBOOKS
 KERNEL = "absld"
+BATCH_ENV = "ABSLD_BATCH"   # set for the kernels `absld study` starts: progress as lines of text, not widgets
+
+__all__ = ["run_study", "notebook_setup", "NotebookParams", "StudyError", "NOTEBOOKS", "require_runs"]
 
 
-class StudyError(ValueError):
-    """A preset or parameter was refused before any work started."""
+# ------------------------------------------------------------------------------------ in a notebook
+class NotebookParams(dict):
+    """A notebook's parameters (every study parameter, resolved), with where they came from: the preset,
+    the notebook, and the values set in the notebook or passed by papermill (`changes`)."""
+
+    def __init__(self, values: dict, preset: str, notebook: str, changes: dict):
+        super().__init__(values)
+        self.preset, self.notebook, self.changes = preset, notebook, dict(changes)
+
+    def of(self, notebook: str) -> dict:
+        """The parameters another notebook of the same study gets (the same preset and changes)."""
+        if notebook == self.notebook:
+            return dict(self)
+        return presets.notebook_parameters(self.preset, notebook, self.changes)
 
 
-# ------------------------------------------------------------------------------------ parameters
-PARAM_NAMES = ("preset", "run_root", "figure_dir", "dataset", "data_root", "train_per_class", "val_per_class",
-               "test_per_class", "augment", "pad", "arch", "width", "teacher_arch", "teacher_width", "epochs",
-               "teacher_epochs", "teacher_method", "teacher_checkpoint", "batch_size", "lr", "lr_schedule",
-               "eps_255", "alpha_255", "steps", "eval_alpha_255", "test_attacks", "val_attacks", "device", "seed",
-               "seeds", "test_folds", "eval_every", "precision", "aa_iters", "aa_queries", "selection",
-               # notebook 01
-               "reference_epochs", "n_hard", "tau_sharp", "tau_smooth", "ls_sharp", "ls_smooth",
-               # notebook 02
-               "teacher_method", "teacher_arch", "teacher_width", "teacher_epochs", "teacher_checkpoint",
-               # notebook 03 (and 04)
-               "methods", "ham_start_fraction", "ham_early_steps", "eta", "eta_for_300_epochs", "compare_eta_scaling",
-               "trades_beta",
-               "ham_paper_schedule")
+def batch_mode() -> bool:
+    """True in a kernel started by `absld study` (papermill): progress is printed, not drawn."""
+    return os.environ.get(BATCH_ENV) == "1"
 
 
-def base_config(p: dict, name: str, method: dict, **over) -> dict:
-    """A training config (dict) from notebook parameters; shared by every notebook. `over` sets
-    nested fields, `optim__epochs=3` for optim.epochs."""
-    from .config import apply_overrides
-
-    from .config import AttackConfig
-
-    d = AttackConfig()  # the one place of the attack defaults
-    attacks = lambda s: [a.strip() for a in str(s).split(",") if a.strip()]  # noqa: E731
-    per255 = lambda key, default: float(p[key]) / 255 if p.get(key) is not None else default  # noqa: E731
-    cfg = {
-        "name": name, "out_dir": p["run_root"], "seed": int(p.get("seed", 0)), "device": p.get("device", "cpu"),
-        "precision": p.get("precision", "auto"), "eval_every": int(p.get("eval_every", 1)), "progress": True,
-        "selection": p.get("selection", "validation"),
-        "data": {"dataset": p["dataset"], "root": p.get("data_root"), "train_per_class": p.get("train_per_class"),
-                 "val_per_class": int(p.get("val_per_class", 20)), "test_per_class": p.get("test_per_class"),
-                 "augment": bool(p.get("augment", True)), "pad": int(p.get("pad", 4))},
-        "model": {"arch": p.get("arch", "small_cnn"), "width": p.get("width")},
-        "attack": {"eps": per255("eps_255", d.eps), "alpha": per255("alpha_255", d.alpha),
-                   "steps": int(p.get("steps", d.steps)), "eval_alpha": per255("eval_alpha_255", d.eval_alpha),
-                   "val_attacks": attacks(p.get("val_attacks", ",".join(d.val_attacks))),
-                   "test_attacks": attacks(p.get("test_attacks", ",".join(d.test_attacks))),
-                   "aa_iters": p.get("aa_iters"), "aa_queries": p.get("aa_queries")},
-        "method": method,
-        "optim": {"epochs": int(p["epochs"]), "batch_size": int(p.get("batch_size", 128)), "lr": float(p.get("lr", 0.1)),
-                  "schedule": p.get("lr_schedule", "paper300")},
-    }
-    return apply_overrides(cfg, {k.replace("__", "."): v for k, v in over.items()})
+def _study_root(here: Path) -> Path | None:
+    """The folder whose runs/ a kernel started in `here` means: the repository for its notebooks/, a
+    study's --out folder for a notebooks/ beside its runs/, and for an executed copy in
+    <root>/runs/<preset>/notebooks/ that <root>."""
+    if here.name != "notebooks":
+        return None
+    if here == (ROOT / "notebooks").resolve() or (here.parent / "runs").is_dir():
+        return here.parent
+    if here.parent.parent.name == "runs" and (here.parent / "study_state.json").is_file():
+        return here.parents[2]
+    return None
 
 
-def params_from(namespace: dict, extra: tuple = ()) -> dict:
-    """The notebook's parameters, picked out of its global namespace."""
-    return {k: namespace[k] for k in PARAM_NAMES + tuple(extra) if k in namespace}
+def _injected_names() -> set[str]:
+    """The names papermill's injected-parameters cell assigned in this kernel (it begins '# Parameters')."""
+    try:
+        from IPython import get_ipython
+        shell = get_ipython()
+    except ImportError:
+        return set()
+    if shell is None:
+        return set()
+    import ast
+
+    names: set[str] = set()
+    for src in shell.user_ns.get("In", []):
+        if isinstance(src, str) and src.lstrip().startswith("# Parameters"):
+            try:
+                tree = ast.parse(src)
+            except SyntaxError:
+                continue
+            names |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    return names
 
 
-def notebook_setup(namespace: dict) -> dict:
-    """A notebook's first code: relative paths (run_root, figure_dir, teachers) mean the same folder in
-    JupyterLab as under `absld study`: a kernel started in the repository's notebooks/ folder (or in a
-    notebooks/ folder beside a study's runs/) moves to its parent, where `make study` writes runs/ and
-    figures/ (papermill already starts in the study's root). Makes figure_dir, sets table display, returns the notebook's parameters."""
+def notebook_setup(namespace: dict, notebook: str, log=print) -> NotebookParams:
+    """A notebook's first code. Relative paths mean the same folder in JupyterLab as under `absld study`
+    (a kernel in the repository's notebooks/, beside a study's runs/, or in an executed copy's folder
+    moves to the study's root). The parameters: the preset named by `preset`, then what the notebook
+    changed: a value papermill injected, or one in the parameters cell that differs from the cell's
+    default (the default preset's). The namespace's parameter names are set to the values used, and
+    figure_dir is made."""
     import pandas as pd
 
-    here = Path.cwd().resolve()
-    if here.name == "notebooks" and (here == (ROOT / "notebooks").resolve() or (here.parent / "runs").is_dir()):
-        os.chdir(here.parent)  # the repository (or a study's --out folder holding runs/)
+    root = _study_root(Path.cwd().resolve())
+    if root is not None:
+        os.chdir(root)
     pd.set_option("display.precision", 2)
     pd.set_option("display.max_columns", 40)
     pd.set_option("display.width", 160)
-    if namespace.get("figure_dir"):
-        Path(namespace["figure_dir"]).mkdir(parents=True, exist_ok=True)
-    return params_from(namespace)
+    mine = [p.name for p in params.for_notebook(notebook)]
+    cell = resolve_parameters(load_preset(params.DEFAULT_PRESET))[notebook]
+    injected = _injected_names()
+    changes = {k: namespace[k] for k in mine if k != "preset" and k in namespace
+               and (k in injected or namespace[k] != cell.get(k))}
+    changes.update({k: namespace[k] for k in injected if k not in mine and k in params.declared() and k in namespace})
+    preset = str(namespace.get("preset") or params.DEFAULT_PRESET)
+    base = presets.notebook_parameters(preset, notebook)
+    differ = {k: v for k, v in changes.items() if base.get(k) != v}  # what this notebook changes in the preset
+    P = NotebookParams(presets.notebook_parameters(preset, notebook, differ), preset, notebook, differ)
+    namespace.update({k: P[k] for k in mine})
+    if P.get("figure_dir"):
+        Path(P["figure_dir"]).mkdir(parents=True, exist_ok=True)
+    log(f"parameters: preset {preset!r}, runs in {P['run_root']}" + (f"; changed here: {', '.join(f'{k}={v!r}' for k, v in differ.items())}"
+                                          if differ else " (no value changed here)"))
+    return P
 
 
 def require_runs(runs: dict, run_root: str | Path, what: str = "finished runs") -> dict:
@@ -111,114 +132,7 @@ def require_runs(runs: dict, run_root: str | Path, what: str = "finished runs") 
     return runs
 
 
-# ------------------------------------------------------------------------------------ presets
-def preset_path(preset: str) -> Path:
-    p = Path(preset)
-    if p.suffix in (".yaml", ".yml") and p.is_file():
-        return p
-    cand = ROOT / "presets" / f"{preset}.yaml"
-    if cand.is_file():
-        return cand
-    known = sorted(q.stem for q in (ROOT / "presets").glob("*.yaml"))
-    raise StudyError(f"unknown preset {preset!r}; known presets: {', '.join(known)} (or a path to a preset .yaml)")
-
-
-def load_preset(preset: str, overrides: list[str] | None = None) -> dict:
-    path = preset_path(preset)
-    spec = yaml_load(path.read_text(), f"preset {path}") or {}
-    unknown = set(spec) - {"description", "parameters", "per_notebook", "notebooks"}
-    if unknown:
-        raise StudyError(f"preset {path.name}: unknown section(s) {sorted(unknown)}; allowed: description, "
-                         f"parameters, per_notebook, notebooks")
-    spec.setdefault("parameters", {})
-    spec.setdefault("per_notebook", {})
-    spec["notebooks"] = list(spec.get("notebooks", NOTEBOOKS))
-    for item in overrides or []:
-        if "=" not in item:
-            raise StudyError(f"override {item!r} must look like name=value or notebook.name=value")
-        k, v = item.split("=", 1)
-        if "." in k:
-            nb, k = k.split(".", 1)
-            spec["per_notebook"].setdefault(nb, {})[k] = yaml_load(v, f"override {item!r}")
-        else:
-            spec["parameters"][k] = yaml_load(v, f"override {item!r}")
-    bad = [n for n in spec["notebooks"] + list(spec["per_notebook"]) if n not in NOTEBOOKS]
-    if bad:
-        raise StudyError(f"preset {path.name}: unknown notebook(s) {bad}; known: {', '.join(NOTEBOOKS)}")
-    spec["name"] = path.stem
-    return spec
-
-
-def _declared(nb_path: Path) -> dict:
-    import papermill as pm
-
-    return pm.inspect_notebook(str(nb_path))
-
-
-def resolve_parameters(spec: dict) -> dict[str, dict]:
-    """Per notebook, the parameters it gets; refuses names no notebook declares and wrong types."""
-    name = spec["name"]
-    shared = {"preset": name, "run_root": str(Path("runs") / name), "figure_dir": str(Path("figures") / name),
-              **spec["parameters"]}
-    declared = {nb: _declared(ROOT / "notebooks" / f"{nb}.ipynb") for nb in spec["notebooks"]}
-    everything = set().union(*[set(d) for d in declared.values()]) if declared else set()
-    unknown = sorted(set(spec["parameters"]) - everything)
-    if unknown:
-        raise StudyError(f"unknown parameter(s) {unknown} in preset {name!r}; the notebooks declare: "
-                         f"{', '.join(sorted(everything))}")
-    out = {}
-    for nb in spec["notebooks"]:
-        own = spec["per_notebook"].get(nb, {})
-        bad = sorted(set(own) - set(declared[nb]))
-        if bad:
-            raise StudyError(f"notebook {nb} has no parameter(s) {bad}; it declares: {', '.join(sorted(declared[nb]))}")
-        params = {k: v for k, v in shared.items() if k in declared[nb]}
-        params.update(own)
-        out[nb] = params
-        _check_training_params(nb, {**_defaults(declared[nb]), **params})
-    return out
-
-
-def notebook_defaults(nb: str) -> dict:
-    """The values of a notebook's parameters cell (what it runs with when nothing is passed)."""
-    return _defaults(_declared(ROOT / "notebooks" / f"{nb}.ipynb"))
-
-
-def _defaults(declared: dict) -> dict:
-    import ast
-
-    out = {}
-    for k, info in declared.items():
-        try:
-            out[k] = ast.literal_eval(info.get("default", "None"))
-        except (ValueError, SyntaxError):
-            out[k] = None
-    return out
-
-
-def _check_training_params(nb: str, p: dict) -> None:
-    """Build the training config the notebook would build, so bad values fail before any work."""
-    from .config import ConfigError, TrainConfig
-
-    if "epochs" not in p or "dataset" not in p:
-        return
-    try:
-        TrainConfig.from_dict(base_config(p, "check", {}))
-        if p.get("teacher_epochs") is not None:
-            TrainConfig.from_dict(base_config({**p, "epochs": p["teacher_epochs"]}, "check", {}))
-    except (ConfigError, TypeError, ValueError) as e:
-        raise StudyError(f"invalid parameter for notebook {nb}: {e}") from e
-
-
 # ------------------------------------------------------------------------------------ fingerprints
-def _package_hash() -> str:
-    h = hashlib.sha256()
-    for f in sorted((ROOT / "absld_core").rglob("*.py")):
-        h.update(f.relative_to(ROOT).as_posix().encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def _fingerprint(nb_path: Path, params: dict, package: str, upstream: str) -> dict:
     return {"notebook": hashlib.sha256(nb_path.read_bytes()).hexdigest()[:16],
             "parameters": json.loads(json.dumps(params, sort_keys=True, default=str)),
@@ -261,7 +175,7 @@ def run_study(preset: str = "smoke", overrides: list[str] | None = None, force: 
     fig_root.mkdir(parents=True, exist_ok=True)
     state_file = run_root / "study_state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    package, upstream = _package_hash(), ""
+    package, upstream = code_hash(), ""
     log(f"study {name!r}: {len(spec['notebooks'])} notebooks -> {run_root}, figures -> {fig_root}")
     for nb in spec["notebooks"]:
         src = ROOT / "notebooks" / f"{nb}.ipynb"
@@ -277,6 +191,8 @@ def run_study(preset: str = "smoke", overrides: list[str] | None = None, force: 
         state[nb] = {"status": "running", "fingerprint": fp, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json_atomic(state_file, state)  # until it finishes, a later run reruns this notebook
         partial = dst.with_name(f"{nb}.running.ipynb")
+        batch = os.environ.get(BATCH_ENV)
+        os.environ[BATCH_ENV] = "1"  # the kernel inherits it: progress as text lines in the executed copy
         try:
             pm.execute_notebook(str(src), str(partial), parameters=per_nb[nb], kernel_name=KERNEL, cwd=str(out_root),
                                 progress_bar=False, log_output=False, request_save_on_cell_execute=True,
@@ -288,6 +204,11 @@ def run_study(preset: str = "smoke", overrides: list[str] | None = None, force: 
             log(f"  {nb}: FAILED in cell {e.exec_count}: {e.ename}: {e.evalue}")
             log(f"  the executed copy with the error is {dst}; finished notebooks and runs are kept")
             return 1
+        finally:
+            if batch is None:
+                os.environ.pop(BATCH_ENV, None)
+            else:
+                os.environ[BATCH_ENV] = batch
         os.replace(partial, dst)  # the executed copy appears whole, and only when the notebook finished
         state[nb] = {"status": "ok", "fingerprint": fp, "seconds": round(time.time() - t0, 1),
                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}

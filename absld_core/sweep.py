@@ -83,12 +83,30 @@ def run_payload(payload: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------ scheduling
-def sweep(jobs: list[Job], executor: str = "local", *, workers: int | None = None, threads: int = 1,
+def plan_threads(jobs: list[Job]) -> int | None:
+    """The thread count the plan's runs train with (the study's `threads` parameter), None if unset."""
+    counts = {j.config.get("threads") for j in jobs}
+    if len(counts) > 1:
+        raise PlanError(f"the plan's runs ask for different thread counts {sorted(counts, key=str)}; a study trains "
+                        f"every run with one count (its threads parameter)")
+    return next(iter(counts), None)
+
+
+def sweep(jobs: list[Job], executor: str = "local", *, workers: int | None = None, threads: int | None = None,
           log_root: str | Path, slurm: dict | None = None, log=print, poll: float = 0.5) -> SweepResult:
     """Run the plan's unfinished jobs, each once its dependencies are done; never runs a job twice
-    at the same time, never starts one whose dependency failed."""
+    at the same time, never starts one whose dependency failed. threads: per worker; by default the
+    study's `threads` parameter, which the runs record and train with (a different count is refused:
+    bf16 on a CPU gives other weights with another count, and the notebooks would not reuse them)."""
     if executor not in EXECUTORS:
         raise PlanError(f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
+    wanted = plan_threads(jobs)
+    if threads is None:
+        threads = wanted or 1
+    elif wanted is not None and threads != wanted:
+        raise PlanError(f"--threads {threads} but the study's runs train with threads={wanted} (its `threads` "
+                        f"parameter); set the parameter instead (--set threads={threads}, and the same for "
+                        f"absld study) so that the runs record the count they trained with")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise PlanError(f"threads per worker must be an integer >= 1, got {threads!r}")
     if workers is None:

@@ -15,7 +15,7 @@ import torch
 
 from . import plots
 from .replay import ReplaySettings, effective, replay, risks_from_history, soft_labels, travel_text
-from .runs import load_run
+from .runs import load_run, write_text_atomic
 
 
 class Explorer:
@@ -43,9 +43,9 @@ class Explorer:
         with torch.no_grad():
             self.teacher_logits = teacher(self.images.to(device)).cpu()
         m = self.cfg.method.options
-        from .schedule import lr_factor, milestone_epochs
+        from .schedule import eta_factors, milestone_epochs
         E = len(self.risk_adv)
-        factors = tuple(lr_factor(self.cfg.optim, e + 1) if m.eta_follows_lr else 1.0 for e in range(1, E + 1))
+        factors = tuple(eta_factors(self.cfg.optim, m.eta_follows_lr)[:E])
         self.recorded = ReplaySettings(eta=m.eta, tau_min=m.tau_min, tau_max=m.tau_max,
                                        tau_init_adv=float(np.mean(m.tau_init_adv)), tau_init_nat=float(np.mean(m.tau_init_nat)),
                                        decay_epochs=tuple(milestone_epochs(self.cfg.optim)) if m.eta_follows_lr else (),
@@ -69,46 +69,52 @@ class Explorer:
                                            f"tau in [{s.tau_min:g}, {s.tau_max:g}]{', coupled' if s.coupled else ''})")
         return fig1, fig2
 
-    def finetune(self, s: ReplaySettings, epochs: int = 1, name: str | None = None) -> Path:
+    def finetune(self, s: ReplaySettings, epochs: int = 1, name: str | None = None, retrain: bool = True,
+                 progress: bool = True) -> Path:
         """A short ABSLD fine-tune of the run's student, from its last weights and lr, with the
-        temperatures the replayed schedule ends at."""
-        from .engine import train
+        temperatures the replayed schedule ends at. A fine-tune with the same settings that is already
+        finished is reused; one with other settings replaces it only with retrain=True."""
+        from .experiments import run_or_resume
 
         ta, tn = self.schedules(s)
         cfg = self.cfg.to_dict(keep_callables=True)
         cfg["name"] = name or f"{self.cfg.name}-finetune"
-        cfg["overwrite"], cfg["resume"], cfg["stop_after"] = True, False, None
+        cfg["overwrite"], cfg["resume"], cfg["stop_after"], cfg["progress"] = False, False, None, progress
         cfg["model"]["init_checkpoint"] = str(self.run_dir / "last.pt")
         # the schedule's end state, held fixed (a one-row table); already the product when coupled
         cfg["method"].update(temperature_schedule="table", tau_table_adv=[[float(t) for t in ta[-1]]],
                              tau_table_nat=[[float(t) for t in tn[-1]]], coupled_temperatures=False)
         cfg["optim"].update(epochs=epochs, milestones=(), schedule="constant",
                             lr=float(self.history["lr"].iloc[-1]))
-        return train(cfg)
+        return run_or_resume(cfg, retrain=retrain)
 
 
 def temperature_explorer(run_dir: str | Path, settings: ReplaySettings | None = None, *, epoch: int | None = None,
                          interactive: bool = True, figure_dir: str | Path | None = None,
-                         finetune_epochs: int = 0, device: str = "cpu"):
-    """Show the explorer (interactive) or render and save its figures for `settings` (papermill).
+                         finetune_epochs: int = 0, device: str = "cpu", retrain: bool = False):
+    """Show the explorer (interactive) or render, show and save its figures for `settings` (papermill).
 
-    Returns the Explorer, and in interactive mode also the widget box."""
+    Returns the Explorer, and in interactive mode also the widget box (else the fine-tune's run, or None)."""
+    from IPython.display import display
+
+    from .study import batch_mode
+
     ex = Explorer(run_dir, device=device)
     s = settings or ex.recorded
     if not interactive:
         fig1, fig2 = ex.render(s, epoch)
+        display(fig1, fig2)  # the executed copy shows both figures
         if figure_dir is not None:
             plots.save(fig1, Path(figure_dir) / "explorer_schedule.png")
             plots.save(fig2, Path(figure_dir) / "explorer_soft_labels.png")
-            (Path(figure_dir) / "explorer_settings.json").write_text(json.dumps(asdict(s), indent=1))
+            write_text_atomic(Path(figure_dir) / "explorer_settings.json", json.dumps(asdict(s), indent=1))
         result = None
         if finetune_epochs > 0:
-            result = ex.finetune(s, finetune_epochs)
+            result = ex.finetune(s, finetune_epochs, retrain=retrain, progress=not batch_mode())
         return ex, result
 
     import ipywidgets as W
     import matplotlib.pyplot as plt
-    from IPython.display import display
 
     E = len(ex.risk_adv)
     style = {"description_width": "150px"}

@@ -34,10 +34,9 @@ from reference_absld import ALPHA, EPS, K, CpuTransformDataset, reference_step  
 
 from absld_core.config import TrainConfig  # noqa: E402
 from absld_core.data import BatchIterator  # noqa: E402
-from absld_core.distributed import DistInfo  # noqa: E402
-from absld_core.engine import MultiView, _train_epoch, make_optimizer  # noqa: E402
+from absld_core.engine import make_session  # noqa: E402
+from absld_core.methods import registry  # noqa: E402
 from absld_core.precision import resolve  # noqa: E402
-from absld_core.methods import build_method, registry  # noqa: E402
 from absld_core.models import build_model  # noqa: E402
 
 REFERENCE = "absld"  # the method the reference-style step implements
@@ -78,14 +77,10 @@ def config(args, method: str) -> TrainConfig:
 
 def time_ours(args, method_name, student0, teacher, x, y, device) -> dict:
     cfg = config(args, method_name)
-    prec = resolve(cfg, device)
-    mf = torch.channels_last if prec.channels_last else torch.contiguous_format
-    student = copy.deepcopy(student0).to(device, memory_format=mf)
-    net = torch.compile(student) if args.compile else student
-    method = build_method(cfg.method, 10, device, cfg)
-    opt = make_optimizer(student, cfg.optim, device)
-    autocast, attack_dtype = prec.contexts(device)
-    t = teacher.to(memory_format=mf) if method.needs_teacher else None
+    ds = SimpleNamespace(num_classes=10, image_shape=tuple(x.shape[1:]), val_x=None, val_y=None)
+    session = make_session(cfg, ds, device, model=copy.deepcopy(student0),
+                           teacher=teacher if registry.get(method_name).needs_teacher else None)
+    mf = torch.channels_last if session.prec.channels_last else torch.contiguous_format
     out = {}
     for phase, n in (("warmup", args.warmup), ("timed", args.steps)):
         if n == 0:
@@ -93,9 +88,7 @@ def time_ours(args, method_name, student0, teacher, x, y, device) -> dict:
         loader = BatchIterator(x[: n * args.batch], y[: n * args.batch], args.batch, augment=True, device=device,
                                memory_format=mf, drop_last=True)
         reset_peak(device)
-        ds = SimpleNamespace(num_classes=10, val_x=None, val_y=None)
-        rec, _ = _train_epoch(cfg, 1, student, net, MultiView(net), t, method, opt, loader, device, DistInfo(),
-                              autocast, attack_dtype, ds)
+        rec, _ = session.epoch(1, loader)
         out = {"images_per_s": rec["images_per_second"], "seconds": rec["seconds"], "images": rec["samples"]}
     out["peak_memory_bytes"] = peak_memory(device)
     out["seconds_per_50k_epoch"] = 50000 / out["images_per_s"]

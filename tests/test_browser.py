@@ -1,6 +1,7 @@
-"""A real check in a browser: JupyterLab on localhost, the explorer notebook in headless Chromium, a slider
-moved, the plot redrawn. Skips when Chromium/chromedriver (Debian: apt-get install chromium
-chromium-driver) or selenium are missing."""
+"""A real check in a browser: JupyterLab on localhost, the notebooks in headless Chromium as a person uses
+them (open, Run All), a slider moved, the plot redrawn. Skips when Chromium/chromedriver (Debian:
+apt-get install chromium chromium-driver) or selenium are missing."""
+import json
 import os
 import shutil
 import socket
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -49,6 +51,26 @@ def lab_after_study(tmp_path):
 
     assert run_study("smoke", [t for t in TINY if not t.startswith("05_")], out_root=tmp_path, log=lambda *_: None) == 0
     shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    yield from _jupyterlab(tmp_path)
+
+
+@pytest.fixture
+def lab_on_tiny_study(tmp_path):
+    """A finished tiny study made by `absld study` with a preset file of the user's, and the repository's
+    notebooks beside it with one line changed, `preset = '<that file>'`, as a user opens them."""
+    from absld_core.study import run_study
+    from test_spine import write_preset
+
+    preset = write_preset(tmp_path)
+    assert run_study(str(preset), out_root=tmp_path, log=lambda *_: None) == 0
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    for nb in (tmp_path / "notebooks").glob("*.ipynb"):
+        book = json.loads(nb.read_text())
+        cell = next(c for c in book["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+        src = "".join(cell["source"])
+        assert src.startswith("preset = 'smoke'")
+        cell["source"] = src.replace("preset = 'smoke'", f"preset = {str(preset)!r}", 1)
+        nb.write_text(json.dumps(book))
     yield from _jupyterlab(tmp_path)
 
 
@@ -163,3 +185,93 @@ def test_moving_a_slider_redraws_the_plot(lab):
         driver.save_screenshot(str(tmp / "explorer.png"))
     finally:
         driver.quit()
+
+
+def _kernel_state(url, token, path) -> str | None:
+    """The execution state of the kernel of the session open on `path`, from the server's REST API."""
+    try:
+        with urllib.request.urlopen(f"{url}/api/sessions?token={token}", timeout=5) as r:
+            sessions = json.load(r)
+    except OSError:
+        return None
+    for s in sessions:
+        if s.get("path", "").endswith(path) and s.get("kernel"):
+            return s["kernel"].get("execution_state")
+    return None
+
+
+def _run_all_until_done(driver, url, token, path, timeout=400):
+    """Open `path`, wait until its kernel is idle (REST API), click Run All, and wait until every code
+    cell has run (an execution count in each prompt) and the kernel is idle again. Run All is clicked
+    once more when no cell starts within 20 s (a busy machine can swallow the first click)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(f"{url}/lab/tree/{path}?token={token}")
+    wait = WebDriverWait(driver, 180, poll_frequency=0.5)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell"))
+    wait.until(lambda d: _kernel_state(url, token, path) == "idle")
+    # the notebook in front (tabs opened before stay in the page, hidden)
+    front = ".jp-NotebookPanel:not(.lm-mod-hidden)"
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f"{front} .jp-CodeCell"))
+    n_code = len(driver.find_elements(By.CSS_SELECTOR, f"{front} .jp-CodeCell"))
+
+    def prompts(d):
+        return [e.text.strip() for e in d.find_elements(By.CSS_SELECTOR, f"{front} .jp-CodeCell .jp-InputArea-prompt")]
+
+    def run_all():
+        [e for e in driver.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-itemLabel") if e.text == "Run"][0].click()
+        wait.until(lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, ".lm-Menu-itemLabel") if e.text == "Run All Cells"])
+        [e for e in driver.find_elements(By.CSS_SELECTOR, ".lm-Menu-itemLabel") if e.text == "Run All Cells"][0].click()
+
+    def started(d):
+        return any(p not in ("[ ]:", "") for p in prompts(d)) or _kernel_state(url, token, path) == "busy"
+
+    run_all()
+    try:
+        WebDriverWait(driver, 20, poll_frequency=0.5).until(started)
+    except Exception:  # noqa: BLE001 - selenium's TimeoutException: click once more
+        run_all()
+        WebDriverWait(driver, 60, poll_frequency=0.5).until(started)
+
+    def done(d):
+        ps = prompts(d)
+        return (len(ps) == n_code and all(p[:1] == "[" and p[1:-2].strip().isdigit() for p in ps)
+                and _kernel_state(url, token, path) == "idle")
+
+    try:
+        WebDriverWait(driver, timeout, poll_frequency=1.0).until(done)
+    except Exception:  # noqa: BLE001 - keep what the page showed, for the failure message
+        driver.save_screenshot(f"/tmp/absld-browser-{Path(path).stem}.png")
+        raise AssertionError(f"{path}: not every cell ran (prompts {prompts(driver)}, kernel "
+                             f"{_kernel_state(url, token, path)}); screenshot /tmp/absld-browser-{Path(path).stem}.png")
+    stderr = driver.find_elements(By.CSS_SELECTOR,
+                                  f"{front} .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    tracebacks = [e.text for e in stderr if "Traceback" in e.text or "Error" in e.text]
+    images = driver.find_elements(By.CSS_SELECTOR, f"{front} .jp-OutputArea-output img")
+    return images, tracebacks
+
+
+FIGURES = {"01_smoothness_vs_fairness": 2, "02_teacher": 1, "03_students": 0, "04_class_wise_robustness": 4,
+           "05_temperature_explorer": 2}
+
+
+def test_every_notebook_opened_on_a_finished_study_runs_all_without_training(lab_on_tiny_study):
+    """Each of the five notebooks, opened in JupyterLab and run with Run All, shows its figures, and no
+    run directory of the study is trained, retrained, evaluated again or deleted."""
+    from test_spine import run_records
+
+    url, token, tmp = lab_on_tiny_study
+    before = run_records(tmp / "runs")
+    assert len(before) > 100
+    driver = _driver(tmp)
+    try:
+        for nb, n in FIGURES.items():
+            images, tracebacks = _run_all_until_done(driver, url, token, f"notebooks/{nb}.ipynb")
+            assert not tracebacks, f"{nb}: {tracebacks[0][-2000:]}"
+            assert len(images) >= n, f"{nb}: {len(images)} figure(s) shown, expected {n}"
+            driver.save_screenshot(str(tmp / f"{nb}.png"))
+    finally:
+        driver.quit()
+    assert run_records(tmp / "runs") == before
+    assert not (tmp / "notebooks" / "runs").exists() and not (tmp / "runs" / "smoke").exists()

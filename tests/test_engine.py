@@ -227,3 +227,24 @@ def test_autoattack_options_reach_the_final_evaluation(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "evaluate_per_image", spy)
     engine.train(tiny("aa", "pgd_at", tmp_path, optim__epochs=1, attack__aa_iters=3, attack__aa_queries=11))
     assert seen == [{"n_iter": 3, "n_queries": 11}]
+
+
+def test_a_run_records_its_thread_count_and_code_and_trains_with_the_count_it_asks_for(tmp_path):
+    """resolved records intra_op_threads (and torch, the code hash, the commit, the method's file); a
+    run with `threads` trains with that count and gives the process its own count back."""
+    import json
+
+    import torch
+
+    from absld_core import provenance, train
+    from train_helpers import tiny
+
+    before = torch.get_num_threads()
+    run = train(tiny("threads", "pgd_at", tmp_path, threads=1, optim__epochs=1))
+    resolved = json.loads((run / "config.json").read_text())["resolved"]
+    assert resolved["intra_op_threads"] == 1 and torch.get_num_threads() == before
+    assert resolved["torch"] == torch.__version__ and resolved["code_hash"] == provenance.code_hash()
+    assert resolved["method_source"]["module"] == "absld_core.methods.pgd_at"
+    assert resolved["method_source"]["file"].endswith("pgd_at.py") and len(resolved["method_source"]["sha256"]) == 16
+    run = train(tiny("default", "pgd_at", tmp_path, optim__epochs=1))
+    assert json.loads((run / "config.json").read_text())["resolved"]["intra_op_threads"] == before

@@ -166,7 +166,7 @@ def test_fat_stops_tau_steps_after_the_first_misclassification(tau):
     torch.manual_seed(1)
     x_adv, taken = fat.early_stopped_pgd(model, x, y, 0.3, 0.05, 8, tau)
     torch.manual_seed(1)
-    x0 = fat.A._uniform_start(x, 0.3)
+    x0 = fat.A.uniform_start(x, 0.3)
     ref_x, ref_taken = _loop_reference(model, x, y, x0, 0.3, 0.05, 8, tau)
     assert torch.equal(taken, ref_taken)
     assert torch.allclose(x_adv, ref_x, atol=1e-6)

@@ -6,11 +6,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from absld_core.methods import registry
 from method_trace import VARIANTS, teacher, trace
 
-REFERENCE = json.loads((Path(__file__).parent / "data" / "method_reference.json").read_text())["traces"]
+# The traces depend on the CPU's kernels (AVX-512 and AVX2 round differently, and a PGD sign flips): one
+# reference per torch CPU capability. method_reference.json: recorded at 527798c on an AVX-512 CPU;
+# method_reference_avx2.json: recorded on an AVX2-only CPU from 1df8f62, whose code reproduced the
+# 527798c traces on AVX-512.
+_DATA = Path(__file__).parent / "data"
+_BY_CAPABILITY = {"AVX512": "method_reference.json", "AVX2": "method_reference_avx2.json"}
+CAPABILITY = torch.backends.cpu.get_cpu_capability()
+REFERENCE = (json.loads((_DATA / _BY_CAPABILITY[CAPABILITY]).read_text())["traces"]
+             if CAPABILITY in _BY_CAPABILITY else None)
 PACKAGE = Path(__file__).resolve().parents[1] / "absld_core"
 
 
@@ -24,12 +33,14 @@ def test_every_method_computes_what_it_did_before_the_refactor(variant, teacher_
     """Losses, class risks, temperatures, Fair-ARD weights, kept fractions and the final weights of every
     variant of the pre-refactor methods, on fixed seeds in fp32, equal the recorded ones (float
     rounding). RSLAD no longer records its constant temperatures of 1 and its unused eta."""
+    if REFERENCE is None:
+        pytest.skip(f"no recorded traces for this CPU's torch kernels ({CAPABILITY}); recorded: {', '.join(_BY_CAPABILITY)}")
     ref, new = REFERENCE[variant], trace(variant, tmp_path, teacher_dir)
     assert len(new["history"]) == len(ref["history"])
     for r, n in zip(ref["history"], new["history"]):
         dropped = {"tau_adv", "tau_nat", "eta"} if VARIANTS[variant][0] == "rslad" else set()
         assert set(r) - dropped == set(n), (set(r), set(n))
-        if dropped:
+        if dropped and "tau_adv" in r:  # the 527798c traces have them; later recordings do not
             assert np.allclose(r["tau_adv"], 1.0) and np.allclose(r["tau_nat"], 1.0)
         for key in n:
             np.testing.assert_allclose(n[key], r[key], rtol=1e-5, atol=1e-7, err_msg=f"{variant}: {key}")

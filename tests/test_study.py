@@ -82,7 +82,8 @@ def test_notebooks_opened_from_the_notebooks_folder_find_the_study_runs(smoke_st
     out, rc, _ = smoke_study
     assert rc == 0
     monkeypatch.chdir(ROOT / "notebooks")
-    assert study.notebook_setup({}) == {} and os.getcwd() == str(ROOT)
+    assert study.notebook_setup({}, "04_class_wise_robustness", log=lambda *_: None)["run_root"] == "runs/smoke"
+    assert os.getcwd() == str(ROOT)
     kernel_home = out / "notebooks"  # a notebooks/ folder beside the study's runs/, as in the repository
     kernel_home.mkdir(exist_ok=True)
     for nb in ("04_class_wise_robustness", "05_temperature_explorer"):
@@ -131,7 +132,7 @@ def test_failing_notebook_stops_the_batch_and_keeps_finished_outputs(tmp_path):
 
 
 def test_invalid_preset_and_parameters_are_refused_before_work(tmp_path):
-    with pytest.raises(StudyError, match="unknown preset 'nope'; known presets: cifar10-cpu, digits-paper, paper, smoke"):
+    with pytest.raises(StudyError, match="unknown preset 'nope'; known presets: cifar10-cpu, digits-paper, gpu-check, paper, smoke"):
         run_study("nope", out_root=tmp_path)
     with pytest.raises(StudyError, match=r"unknown parameter\(s\) \['epochz'\]"):
         run_study("smoke", ["epochz=3"], out_root=tmp_path)

@@ -139,7 +139,8 @@ def test_submitit_local_executor_runs_the_same_plan(tmp_path):
 def test_compare_eta_scaling_adds_one_absld_run_with_the_papers_travel(tmp_path):
     """The study's eta comparison: a second ABSLD run per seed, after the same teacher, whose eta makes
     the temperatures travel as far as the paper's 300 epochs; notebook 04 reads it under its label."""
-    from absld_core.claims import finished_runs
+    from absld_core.plan import finished_runs
+    from absld_core.presets import notebook_parameters
     from absld_core.config import OptimConfig
     from absld_core.schedule import eta_for_paper_travel
 
@@ -162,7 +163,8 @@ def test_compare_eta_scaling_adds_one_absld_run_with_the_papers_travel(tmp_path)
         (d / "status.json").write_text('{"state": "finished"}')
         (d / "metrics.json").write_text("{}")
         (d / "per_image.npz").write_bytes(b"")
-    runs = finished_runs({"run_root": str(tmp_path), "seeds": [0, 1], "methods": "pgd_at,absld", "compare_eta_scaling": True})
+    runs = finished_runs(notebook_parameters("smoke", "04_class_wise_robustness", {
+        "run_root": str(tmp_path), "seeds": [0, 1], "methods": "pgd_at,absld", "compare_eta_scaling": True}))
     assert runs == {P.ETA_SCALED: {0: tmp_path / "s0" / "student-absld-eta-scaled", 1: tmp_path / "s1" / "student-absld-eta-scaled"}}
 
 

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import tarfile
-import tempfile
 import urllib.request
 from pathlib import Path
+
+from ..atomic import atomic_write
 
 
 class DatasetError(ValueError):
@@ -63,24 +62,21 @@ def md5_of(path: Path, chunk: int = 1 << 20) -> str:
 
 def _fetch(url: str, dest: Path, md5: str) -> None:
     """Download to a temporary file, verify the checksum, then move into place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
-    os.close(fd)
-    try:
+    def download(f):
+        h = hashlib.md5()
         try:
-            with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
-                shutil.copyfileobj(r, f)
+            with urllib.request.urlopen(url, timeout=60) as r:
+                for block in iter(lambda: r.read(1 << 20), b""):
+                    h.update(block)
+                    f.write(block)
         except OSError as e:
             raise DatasetError(f"could not download {url} ({e}); without a network, copy the file to "
                                f"{dest} by hand") from e
-        got = md5_of(Path(tmp))
-        if got != md5:
-            raise DatasetError(f"download of {url} has md5 {got}, expected {md5}: the file is "
+        if h.hexdigest() != md5:
+            raise DatasetError(f"download of {url} has md5 {h.hexdigest()}, expected {md5}: the file is "
                                f"corrupted or not the official release; try again")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    atomic_write(dest, download, suffix=".part")
 
 
 def _safe_extract(archive: Path, into: Path) -> None:

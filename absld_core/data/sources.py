@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write
 from .download import OFFICIAL, DatasetError, ensure_files, md5_of
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -233,11 +234,8 @@ def read_imagefolder(root: Path, mode: str | None = None, cache: bool = True):
 
 def _write_cache(path: Path, result) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, train_x=result[0], train_y=result[1], test_x=result[2], test_y=result[3],
-                 classes=np.array(result[4]))
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.savez(f, train_x=result[0], train_y=result[1], test_x=result[2],
+                                              test_y=result[3], classes=np.array(result[4])))
     except OSError as e:  # a read-only cache is not fatal, only slower next time
         warnings.warn(f"could not write the decode cache {path} ({e})", stacklevel=2)
 

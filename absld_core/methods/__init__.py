@@ -19,6 +19,6 @@ __all__ = ["build_method", "registry", "register", "Method", "Options", "StepCon
            "EpochStart", "EpochStats"]
 
 
-def build_method(cfg, num_classes: int, device: torch.device, config=None) -> Method:
-    """The method of a MethodConfig (config: the whole TrainConfig, for methods that read the schedule)."""
-    return cfg.method_class(cfg.options, num_classes, device, config)
+def build_method(method_config, num_classes: int, device: torch.device, train_config=None) -> Method:
+    """The method of a MethodConfig (train_config: the whole TrainConfig, for methods that read the schedule)."""
+    return method_config.method_class(method_config.options, num_classes, device, train_config)

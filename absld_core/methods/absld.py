@@ -7,9 +7,11 @@ is multiplied by 0.1 whenever the lr is (eta_follows_lr).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
-from ..config import ConfigError, check_temperature_rule
+from ..checks import ConfigError, check_temperature_rule
+from ..declare import N3, N5, Param
+from ..schedule import PAPER_ETA, absld_eta, eta_for_paper_travel, simple_schedule
 from .base import EpochStats
 from .distill import Distill, DistillOptions
 from .registry import register
@@ -18,10 +20,18 @@ from .temperature import Temperatures
 TEMPERATURE_SCHEDULES = ("adaptive", "fixed", "table", "function")
 
 
+def study_eta(eta, P: dict) -> float:
+    """The study's eta; with eta_for_300_epochs, scaled so that the temperatures travel as far in total
+    as 300 updates of the paper's schedule at eta (schedule.eta_for_paper_travel)."""
+    if not P.get("eta_for_300_epochs"):
+        return float(eta)
+    return eta_for_paper_travel(simple_schedule(int(P["epochs"]), P.get("lr_schedule", "paper300")), float(eta))
+
+
 @dataclass(frozen=True)
 class ABSLDOptions(DistillOptions):
     temperature_schedule: str = "adaptive"   # adaptive (ABSLD's rule), fixed, table, function
-    eta: float = 0.1                         # the temperature step of the adaptive rule
+    eta: float = PAPER_ETA                   # the temperature step of the adaptive rule (the paper's 0.1)
     eta_follows_lr: bool = True              # eta is multiplied by 0.1 whenever the lr is
     tau_min: float = 0.5
     tau_max: float = 5.0
@@ -31,6 +41,9 @@ class ABSLDOptions(DistillOptions):
     tau_table_nat: tuple | None = None
     tau_function: Callable | None = None     # 'function': f(epoch, risk_adv, risk_nat, tau_adv, tau_nat)
     coupled_temperatures: bool = False       # the released script's quirk: both use z_T / (t_adv * t_nat)
+    STUDY_PARAMS: ClassVar[tuple] = (
+        Param("eta", PAPER_ETA, "ABSLD's temperature step per epoch (the paper's 0.1); the explorer's replay too",
+              (N3, N5), option="eta", to_option=study_eta),)
 
     def __post_init__(self):
         self.check_distill()
@@ -49,13 +62,13 @@ class ABSLDOptions(DistillOptions):
                               "f(epoch, risk_adv, risk_nat, tau_adv, tau_nat) -> (tau_adv, tau_nat)")
 
 
-@register("absld", options=ABSLDOptions, needs_teacher=True, order=40)
+@register("absld", display="ABSLD", options=ABSLDOptions, needs_teacher=True, order=40)
 class ABSLD(Distill):
-    def __init__(self, cfg, num_classes, device, config=None):
-        super().__init__(cfg, num_classes, device, config)
-        self.temps = Temperatures(cfg, num_classes)
+    def __init__(self, options, num_classes, device, train_config=None):
+        super().__init__(options, num_classes, device, train_config)
+        self.temps = Temperatures(options, num_classes)
 
     def update_temperatures(self, stats: EpochStats) -> dict:
-        eta = self.cfg.eta * (stats.lr_factor if self.cfg.eta_follows_lr else 1.0)
+        eta = absld_eta(self.options.eta, stats.lr_factor, self.options.eta_follows_lr)
         self.temps.update(stats.epoch, stats.risk_adv, stats.risk_nat, eta)
         return {"tau_adv": self.temps.adv.tolist(), "tau_nat": self.temps.nat.tolist(), "eta": eta}

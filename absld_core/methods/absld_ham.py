@@ -22,10 +22,10 @@ class ABSLDHAMOptions(EarlyDropping, ABSLDOptions):
         self.check_ham()
 
 
-@register("absld_ham", options=ABSLDHAMOptions, needs_teacher=True, order=60)
+@register("absld_ham", display="ABSLD+HAM", options=ABSLDHAMOptions, needs_teacher=True, order=60)
 class ABSLDHAM(ABSLD):
     def step(self, x, y, ctx: StepContext) -> StepOutput:
-        c = self.cfg
+        c = self.options
         if ctx.epoch < c.ham_start_epoch:
             return keep_all(super().step(x, y, ctx), y)
         p_adv, p_nat = self.teacher_targets(x, y, ctx)

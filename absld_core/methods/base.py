@@ -99,9 +99,10 @@ class Method:
     in_study = True
     validate_every_epoch = False    # the after_validation hook needs a validation table every epoch
 
-    def __init__(self, cfg: Options, num_classes: int, device: torch.device, config=None):
-        """cfg: this method's options; config: the whole TrainConfig (None in unit tests)."""
-        self.cfg, self.num_classes, self.device, self.config = cfg, num_classes, device, config
+    def __init__(self, options: Options, num_classes: int, device: torch.device, train_config=None):
+        """options: this method's own options (its dataclass); train_config: the whole TrainConfig
+        (None in unit tests)."""
+        self.options, self.num_classes, self.device, self.train_config = options, num_classes, device, train_config
 
     def step(self, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> StepOutput:
         raise NotImplementedError

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import attacks as A
-from ..config import ConfigError, check_int, check_range
+from ..checks import ConfigError, check_int, check_range
 from .base import EpochStats, Method, Options, StepContext, StepOutput, kl_per_sample
 from .pgd_at import PGDAT
 from .registry import register
@@ -95,13 +95,13 @@ def fawa_update(avg: dict | None, theta: dict, decay: float) -> dict:
     return {k: (decay * avg[k] + (1 - decay) * v) if v.is_floating_point() else v for k, v in theta.items()}
 
 
-@register("cfa", options=CFAOptions, order=80)
+@register("cfa", display="CFA", options=CFAOptions, order=80)
 class CFA(Method):
     validate_every_epoch = True   # FAWA decides on every epoch's validation table
 
-    def __init__(self, cfg, num_classes, device, config=None):
-        super().__init__(cfg, num_classes, device, config)
-        self.settings = cfg.resolved(config.optim.epochs if config is not None else 200)
+    def __init__(self, options, num_classes, device, train_config=None):
+        super().__init__(options, num_classes, device, train_config)
+        self.settings = options.resolved(train_config.optim.epochs if train_config is not None else 200)
         self.t = torch.ones(num_classes)        # class accuracies on the training attack (previous epoch)
         self.t_known = False
         self.avg = None
@@ -114,7 +114,7 @@ class CFA(Method):
         return self.t_known and epoch >= self.settings["ccm_start_epoch"]
 
     def step(self, x, y, ctx: StepContext) -> StepOutput:
-        c, on = self.cfg, self.calibrating(ctx.epoch)
+        c, on = self.options, self.calibrating(ctx.epoch)
         if self._t_dev is None:
             self._t_dev = self.t.to(x.device)
         t = self._t_dev[y]
@@ -142,7 +142,7 @@ class CFA(Method):
         return {"cfa_class_acc_adv": self.t.tolist(), "cfa_calibrating": self.calibrating(stats.epoch + 1)}
 
     def after_validation(self, stats: EpochStats) -> dict:
-        if not self.cfg.fawa or not stats.val:
+        if not self.options.fawa or not stats.val:
             return {}
         robust = [a for a in stats.val if a != "clean"] or ["clean"]
         worst = stats.val[robust[-1]]["worst"] / 100

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import attacks as A
-from ..config import check_range
+from ..checks import check_range
 from .base import DeviceMirror, EpochStats, Method, Options, StepContext, StepOutput, kd_per_sample, weighted_mean
 
 
@@ -50,10 +50,10 @@ class DistillOptions(Options):
 class Distill(Method):
     """Soft labels from the frozen teacher; subclasses set the temperatures (none: RSLAD's 1)."""
 
-    def __init__(self, cfg, num_classes, device, config=None):
-        super().__init__(cfg, num_classes, device, config)
+    def __init__(self, options, num_classes, device, train_config=None):
+        super().__init__(options, num_classes, device, train_config)
         self.temps = None  # Temperatures (ABSLD); None: the teacher's untempered soft labels
-        self.kd_scale = cfg.kd_scale if cfg.kd_scale is not None else default_kd_scale(num_classes)
+        self.kd_scale = options.kd_scale if options.kd_scale is not None else default_kd_scale(num_classes)
         self.class_weights = torch.ones(num_classes)
         self._weights_dev = DeviceMirror()
         self._steps_sum = torch.zeros(num_classes, dtype=torch.float64, device=device)
@@ -67,11 +67,11 @@ class Distill(Method):
         if self.temps is None:
             p = F.softmax(z_t, 1)
             return p, p
-        ta, tn = self.temps.per_sample(y, self.cfg.coupled_temperatures)
+        ta, tn = self.temps.per_sample(y, self.options.coupled_temperatures)
         return F.softmax(z_t / ta[:, None], 1), F.softmax(z_t / tn[:, None], 1)
 
     def sample_weights(self, y):
-        return self._weights_dev.get(self.class_weights, y.device)[y] if self.cfg.fair_reweight else None
+        return self._weights_dev.get(self.class_weights, y.device)[y] if self.options.fair_reweight else None
 
     def record_steps(self, y, steps):
         self._steps_sum.index_add_(0, y, steps.double())
@@ -82,14 +82,14 @@ class Distill(Method):
         with ctx.autocast():
             z_adv, z_nat = ctx.forward(x_adv, x)
         w = self.sample_weights(y)
-        c = self.cfg
+        c = self.options
         loss = self.kd_scale * (c.adv_weight * weighted_mean(kd_per_sample(p_adv, z_adv), w, count)
                                 + c.nat_weight * weighted_mean(kd_per_sample(p_nat, z_nat), w, count))
         return loss, z_adv, z_nat
 
     def step(self, x, y, ctx: StepContext) -> StepOutput:
         p_adv, p_nat = self.teacher_targets(x, y, ctx)
-        if self.cfg.fair_reweight:
+        if self.options.fair_reweight:
             x_adv, k = A.pgd_kl_tracked(ctx.raw, x, p_adv, y, ctx.eps, ctx.alpha, ctx.steps,
                                         init_std=ctx.kl_init_std, amp_dtype=ctx.attack_dtype, validate=False)
             self.record_steps(y, k)
@@ -102,7 +102,7 @@ class Distill(Method):
     # ------------------------------------------------------------------ per-epoch bookkeeping
     def after_epoch(self, stats: EpochStats) -> dict:
         out = self.update_temperatures(stats)
-        if self.cfg.fair_reweight:
+        if self.options.fair_reweight:
             steps_sum, steps_cnt = stats.reduce(self._steps_sum), stats.reduce(self._steps_cnt)
             seen = steps_cnt > 0
             mean_steps = torch.where(seen, steps_sum / steps_cnt.clamp_min(1), torch.ones_like(steps_sum))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import attacks as A
-from ..config import check_int
+from ..checks import check_int
 from .base import EpochStats, Method, Options, StepContext, StepOutput
 from .registry import register
 
@@ -37,14 +37,14 @@ def early_stopped_pgd(model, x, y, eps, alpha, steps: int, tau: int, amp_dtype=N
     """Friendly adversarial examples: (x_adv, steps each sample took). A sample that is misclassified
     with no extra step left stops where it is; vectorised, no host reads (every sample goes through
     each forward pass; a stopped one just does not move)."""
-    x_adv = A._uniform_start(x, eps)
+    x_adv = A.uniform_start(x, eps)
     budget = torch.full((x.shape[0],), tau, dtype=torch.long, device=x.device)
     active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     taken = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     with A.model_mode(model):
         for _ in range(steps):
             x_adv.requires_grad_(True)
-            with A._autocast(x, amp_dtype):
+            with A.autocast_for(x, amp_dtype):
                 logits = model(x_adv)
             logits = logits.float()
             wrong = logits.argmax(1) != y
@@ -52,21 +52,21 @@ def early_stopped_pgd(model, x, y, eps, alpha, steps: int, tau: int, amp_dtype=N
             budget = budget - (wrong & active).long()
             (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x_adv)
             move = active.to(x.dtype)[:, None, None, None]
-            x_adv = A._project(x_adv.detach() + alpha * grad.sign() * move, x, eps)
+            x_adv = A.project(x_adv.detach() + alpha * grad.sign() * move, x, eps)
             taken += active.long()
     return x_adv.detach(), taken
 
 
-@register("fat", options=FATOptions, order=90)
+@register("fat", display="FAT", options=FATOptions, order=90)
 class FAT(Method):
-    def __init__(self, cfg, num_classes, device, config=None):
-        super().__init__(cfg, num_classes, device, config)
-        self.epochs = config.optim.epochs if config is not None else 120
+    def __init__(self, options, num_classes, device, train_config=None):
+        super().__init__(options, num_classes, device, train_config)
+        self.epochs = train_config.optim.epochs if train_config is not None else 120
         self._steps = torch.zeros((), dtype=torch.float64, device=device)
         self._n = torch.zeros((), dtype=torch.float64, device=device)
 
     def tau(self, epoch: int) -> int:
-        return self.cfg.tau if self.cfg.tau is not None else tau_at(epoch, self.epochs)
+        return self.options.tau if self.options.tau is not None else tau_at(epoch, self.epochs)
 
     def step(self, x, y, ctx: StepContext) -> StepOutput:
         x_adv, taken = early_stopped_pgd(ctx.raw, x, y, ctx.eps, ctx.alpha, ctx.steps, self.tau(ctx.epoch),

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import attacks as A
-from ..config import ConfigError, check_int, check_range
+from ..checks import ConfigError, check_int, check_range
 from .base import EpochStart, Method, Options, StepContext, StepOutput, kl_per_sample
 from .registry import register
 
@@ -103,17 +103,17 @@ def class_errors(model, x_u8, y, eps, alpha, steps, num_classes, device, batch=2
     return 1 - acc, acc - adv
 
 
-@register("frl", options=FRLOptions, order=70)
+@register("frl", display="FRL", options=FRLOptions, order=70)
 class FRL(Method):
-    def __init__(self, cfg, num_classes, device, config=None):
-        super().__init__(cfg, num_classes, device, config)
+    def __init__(self, options, num_classes, device, train_config=None):
+        super().__init__(options, num_classes, device, train_config)
         z = torch.zeros(num_classes, dtype=torch.float64)
         self.lam0, self.lam1, self.lam2 = z.clone(), z.clone(), z.clone()
         self._set_weights()
 
     def _set_weights(self):
         self.w0, self.w1 = class_weights(self.lam0), class_weights(self.lam1)
-        self.w2 = (torch.exp(2 * self.lam2).clamp(0.98, 3.0) if self.cfg.variant == "reweight_remargin"
+        self.w2 = (torch.exp(2 * self.lam2).clamp(0.98, 3.0) if self.options.variant == "reweight_remargin"
                    else torch.ones_like(self.lam2))
         # device copies, made once per epoch
         self._w0, self._w1, self._w2 = (w.float().to(self.device) for w in (self.w0, self.w1, self.w2))
@@ -126,14 +126,14 @@ class FRL(Method):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(1_000_003 + start.epoch)
             e_nat, e_bndy = class_errors(start.model, start.val_x, start.val_y, start.eps, start.alpha,
-                                         self.cfg.val_steps, self.num_classes, start.device)
+                                         self.options.val_steps, self.num_classes, start.device)
         self.last_errors = (e_nat, e_bndy)
-        self.lam0, self.lam1, self.lam2 = update(self.lam0, self.lam1, self.lam2, e_nat, e_bndy, self.cfg)
+        self.lam0, self.lam1, self.lam2 = update(self.lam0, self.lam1, self.lam2, e_nat, e_bndy, self.options)
         self._set_weights()
 
     def step(self, x, y, ctx: StepContext) -> StepOutput:
         eps = (ctx.eps * self._w2[y])[:, None, None, None]
-        alpha = ctx.alpha if self.cfg.variant == "reweight" else eps.max() / 4
+        alpha = ctx.alpha if self.options.variant == "reweight" else eps.max() / 4
         x_adv = A.trades_kl(ctx.raw, x, eps, alpha, ctx.steps, init_std=ctx.kl_init_std,
                             amp_dtype=ctx.attack_dtype, validate=False)
         with ctx.autocast():
@@ -142,7 +142,7 @@ class FRL(Method):
         ce = F.cross_entropy(z_nat, y, reduction="none")
         kl = kl_per_sample(z_nat, z_adv)
         w0, w1 = self._w0[y], self._w1[y]
-        loss = (w0 * ce).sum() / w0.sum() + self.cfg.beta * (w1 * kl).sum() / w1.sum()
+        loss = (w0 * ce).sum() / w0.sum() + self.options.beta * (w1 * kl).sum() / w1.sum()
         return StepOutput(loss, y, adv_logits=z_adv, nat_logits=z_nat)
 
     def after_epoch(self, stats) -> dict:

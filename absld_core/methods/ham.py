@@ -7,11 +7,13 @@ only; the loss is the mean over H (an empty H contributes nothing).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from .. import attacks as A
-from ..config import ConfigError, check_int
+from ..checks import ConfigError, check_int
+from ..declare import N3, Param
 from .base import Options, StepContext, StepOutput, soft_ce, weighted_mean
 from .natural import SmoothingOptions, check_smoothing
 from .pgd_at import PGDAT
@@ -26,6 +28,12 @@ class EarlyDropping(Options):
     ham_start_epoch: int = 1         # first epoch (1-based) with early dropping; before it, the base method
     ham_early_steps: int = 3         # M: PGD steps before the easy examples are dropped (M < attack.steps)
     ham_weighting: str = "uniform"   # or 'hardness': weight M + 1 - (step of the first crossing)
+    STUDY_PARAMS: ClassVar[tuple] = (
+        Param("ham_start_fraction", 0.42, "early dropping from this fraction of the epochs on (50/120 in HAM's "
+                                          "release)", (N3,), option="ham_start_epoch",
+              to_option=lambda v, P: max(1, round(float(v) * int(P["epochs"])))),
+        Param("ham_early_steps", 2, "M: PGD steps before the easy examples are dropped (3 of 10 in the release)",
+              (N3,), option="ham_early_steps", to_option=lambda v, P: int(v)))
 
     def check_ham(self):
         check_int("method.ham_start_epoch", self.ham_start_epoch, 1)
@@ -95,10 +103,10 @@ def keep_all(out: StepOutput, y: torch.Tensor) -> StepOutput:
     return out
 
 
-@register("ham", options=HAMOptions, order=50)
+@register("ham", display="HAM", options=HAMOptions, order=50)
 class HAM(PGDAT):
     def step(self, x, y, ctx: StepContext) -> StepOutput:
-        c = self.cfg
+        c = self.options
         if ctx.epoch < c.ham_start_epoch:
             return keep_all(super().step(x, y, ctx), y)
         x_m, first, hard = mine_hard(ctx, x, y, c.ham_early_steps)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import ConfigError
+from ..checks import ConfigError
 from .base import Method, Options, StepContext, StepOutput, per_class, smoothed_targets, soft_ce
 from .registry import register
 
@@ -23,13 +23,13 @@ class SmoothingOptions(Options):
         check_smoothing(self.label_smoothing)
 
 
-@register("natural", options=SmoothingOptions, student=False, order=0)
+@register("natural", display="natural", options=SmoothingOptions, student=False, order=0)
 class Natural(Method):
     """CE to the (optionally class-wise smoothed) one-hot labels on clean images."""
 
-    def __init__(self, cfg, num_classes, device, config=None):
-        super().__init__(cfg, num_classes, device, config)
-        s = per_class(cfg.label_smoothing, num_classes, "method.label_smoothing")
+    def __init__(self, options, num_classes, device, train_config=None):
+        super().__init__(options, num_classes, device, train_config)
+        s = per_class(options.label_smoothing, num_classes, "method.label_smoothing")
         if (s < 0).any() or (s > 1).any():
             raise ValueError(f"method.label_smoothing must lie in [0, 1], got {s.tolist()}")
         self.smoothing = s.to(device)

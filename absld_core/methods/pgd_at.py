@@ -7,7 +7,7 @@ from .natural import Natural, SmoothingOptions
 from .registry import register
 
 
-@register("pgd_at", options=SmoothingOptions, default=True, order=10)
+@register("pgd_at", display="PGD-AT", options=SmoothingOptions, default=True, order=10)
 class PGDAT(Natural):
     def step(self, x, y, ctx: StepContext) -> StepOutput:
         x_adv = A.pgd(ctx.raw, x, y, ctx.eps, ctx.alpha, ctx.steps, amp_dtype=ctx.attack_dtype, validate=False)

@@ -27,18 +27,20 @@ class UnknownMethodError(ValueError):
 
 
 def register(name: str, *, options: type, needs_teacher: bool = False, student: bool = True,
-             default: bool = False, order: int = 100):
+             default: bool = False, order: int = 100, display: str | None = None):
     """Class decorator: adds a Method subclass under `name`.
 
     options: the dataclass of the method's own settings (what `method:` in a config holds besides
     name and teacher); needs_teacher: it distils from method.teacher; student: it joins the study's
     comparison of students; default: the method of a config that names none (one method says so);
-    order: where it stands in listings and tables (lower first; ties by name)."""
+    order: where it stands in listings and tables (lower first; ties by name); display: its name as
+    people write it in tables and figures ("ABSLD+HAM"; default: the registered name). The method's own
+    study knobs are declared on its options (STUDY_PARAMS, see absld_core/declare.py)."""
     def add(cls):
         if name in _METHODS and _METHODS[name].__qualname__ != cls.__qualname__:
             raise ValueError(f"method {name!r} is registered twice ({_METHODS[name].__module__} and {cls.__module__})")
         cls.name, cls.options_class, cls.needs_teacher, cls.in_study = name, options, needs_teacher, student
-        cls.order = order
+        cls.order, cls.display = order, display or name
         _METHODS[name] = cls
         if default:
             _DEFAULT[:] = [name]
@@ -90,6 +92,11 @@ def option_names(name: str) -> set[str]:
 def student_names() -> list[str]:
     """The methods the study compares as students (every registered method that says student=True)."""
     return [n for n in names() if _METHODS[n].in_study]
+
+
+def display_name(name: str) -> str:
+    """How tables and figures name a method ("ABSLD+HAM"); a name that is not a method stays as it is."""
+    return _METHODS[name].display if name in _METHODS else name
 
 
 def default_name() -> str:

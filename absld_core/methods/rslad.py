@@ -5,6 +5,6 @@ from .distill import Distill, DistillOptions
 from .registry import register
 
 
-@register("rslad", options=DistillOptions, needs_teacher=True, order=30)
+@register("rslad", display="RSLAD", options=DistillOptions, needs_teacher=True, order=30)
 class RSLAD(Distill):
     pass

@@ -20,9 +20,10 @@ def absld_update(tau: torch.Tensor, risk: torch.Tensor, eta: float, tau_min: flo
 class Temperatures:
     """Per-class adversarial and natural temperatures and how they change after every epoch."""
 
-    def __init__(self, cfg, num_classes: int):
-        """cfg: ABSLD's options (temperature_schedule, tau_init_*, tau_table_*, tau_function, bounds)."""
-        self.cfg, self.C = cfg, num_classes
+    def __init__(self, options, num_classes: int):
+        """options: ABSLD's options (temperature_schedule, tau_init_*, tau_table_*, tau_function, bounds)."""
+        cfg = options
+        self.options, self.C = options, num_classes
         self._adv_dev, self._nat_dev = DeviceMirror(), DeviceMirror()
         self.schedule = cfg.temperature_schedule
         self.adv = per_class(cfg.tau_init_adv, num_classes, "method.tau_init_adv")
@@ -50,7 +51,7 @@ class Temperatures:
 
     def update(self, epoch: int, risk_adv: torch.Tensor, risk_nat: torch.Tensor, eta: float) -> None:
         """Temperatures for epoch+1 from the risks recorded in `epoch` (1-based)."""
-        c = self.cfg
+        c = self.options
         if self.schedule == "adaptive":
             self.adv = absld_update(self.adv, risk_adv.cpu(), eta, c.tau_min, c.tau_max)
             self.nat = absld_update(self.nat, risk_nat.cpu(), eta, c.tau_min, c.tau_max)

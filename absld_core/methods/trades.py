@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch.nn.functional as F
 
 from .. import attacks as A
-from ..config import check_range
+from ..checks import check_range
+from ..declare import N3, Param
 from .base import Method, Options, StepContext, StepOutput
 from .registry import register
 
@@ -14,12 +16,13 @@ from .registry import register
 @dataclass(frozen=True)
 class TradesOptions(Options):
     beta: float = 6.0              # weight of the KL (robustness) term
+    STUDY_PARAMS: ClassVar[tuple] = (Param("trades_beta", 6.0, "TRADES' weight of the KL term", (N3,), option="beta"),)
 
     def __post_init__(self):
         check_range("method.beta", self.beta, 0, float("inf"))
 
 
-@register("trades", options=TradesOptions, order=20)
+@register("trades", display="TRADES", options=TradesOptions, order=20)
 class TRADES(Method):
     """x_adv from the TRADES KL attack (eval mode, x + 0.001 N(0, I) start)."""
 
@@ -30,5 +33,5 @@ class TRADES(Method):
             z_nat, z_adv = ctx.forward(x, x_adv)
         z_nat, z_adv = z_nat.float(), z_adv.float()
         kl = F.kl_div(F.log_softmax(z_adv, 1), F.softmax(z_nat, 1), reduction="batchmean")
-        loss = F.cross_entropy(z_nat, y, reduction="none").mean() + self.cfg.beta * kl
+        loss = F.cross_entropy(z_nat, y, reduction="none").mean() + self.options.beta * kl
         return StepOutput(loss, y, adv_logits=z_adv, nat_logits=z_nat)

@@ -6,13 +6,13 @@
 """
 from __future__ import annotations
 
-from typing import Sequence
+import os
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
 
-from .checkpoint import (CheckpointError, check_fits, load_checkpoint, load_state_dict, model_from_checkpoint,
-                         save_checkpoint)
+from .checkpoint import CheckpointError, check_fits, load_checkpoint, load_state_dict, save_checkpoint
 from .resnet import preact_resnet18, resnet18
 from .small import MobileNetV2, SmallCNN
 from .wrn import WideResNet
@@ -77,3 +77,19 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, *, mean: Sequ
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                          defaults: dict | None = None, **overrides: Any) -> tuple[nn.Module, dict]:
+    """Rebuild the model recorded in a checkpoint's meta (arch, num_classes, ...) and load its weights.
+    overrides (arch, num_classes, in_channels, depth, width, mean, std) replace what the meta says;
+    defaults only fill in what it does not say (external state dicts record nothing)."""
+    ckpt = load_checkpoint(path, map_location)
+    meta = {**(defaults or {}), **ckpt["meta"], **{k: v for k, v in overrides.items() if v is not None}}
+    if "arch" not in meta or "num_classes" not in meta:
+        raise CheckpointError(f"checkpoint {path} does not record its architecture; pass arch= and "
+                              f"num_classes= (CLI: --model NAME --num-classes N)")
+    kw = {k: meta[k] for k in ("depth", "width", "mean", "std", "norm") if meta.get(k) is not None}
+    model = build_model(meta["arch"], int(meta["num_classes"]), int(meta.get("in_channels", 3)), **kw)
+    load_state_dict(model, ckpt["model"], source=f"checkpoint {path}")
+    return model.to(map_location), meta

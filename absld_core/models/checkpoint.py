@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+
+from ..atomic import atomic_write
 
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile wrappers
 
@@ -17,16 +18,7 @@ class CheckpointError(ValueError):
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -119,21 +111,3 @@ def check_fits(meta: dict, num_classes: int, in_channels: int, source: str) -> N
     if got != in_channels:
         raise CheckpointError(f"{source} takes images with {got} channel(s) but the data has {in_channels}; "
                               f"use a checkpoint trained on this dataset (or pass its in_channels)")
-
-
-def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
-                          defaults: dict | None = None, **overrides: Any) -> tuple[nn.Module, dict]:
-    """Rebuild the model recorded in a checkpoint's meta (arch, num_classes, ...) and load its weights.
-    overrides (arch, num_classes, in_channels, depth, width, mean, std) replace what the meta says;
-    defaults only fill in what it does not say (external state dicts record nothing)."""
-    from . import build_model
-
-    ckpt = load_checkpoint(path, map_location)
-    meta = {**(defaults or {}), **ckpt["meta"], **{k: v for k, v in overrides.items() if v is not None}}
-    if "arch" not in meta or "num_classes" not in meta:
-        raise CheckpointError(f"checkpoint {path} does not record its architecture; pass arch= and "
-                              f"num_classes= (CLI: --model NAME --num-classes N)")
-    kw = {k: meta[k] for k in ("depth", "width", "mean", "std", "norm") if meta.get(k) is not None}
-    model = build_model(meta["arch"], int(meta["num_classes"]), int(meta.get("in_channels", 3)), **kw)
-    load_state_dict(model, ckpt["model"], source=f"checkpoint {path}")
-    return model.to(map_location), meta

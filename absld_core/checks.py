@@ -1,0 +1,35 @@
+"""The ground floor of validation: the project's error for a refused value and the small checks that
+configs, method options and study parameters share. Imports nothing from the package."""
+from __future__ import annotations
+
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the field, the value and what is allowed."""
+
+
+def invalid(field_name: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{field_name}={value!r} is invalid: {allowed}")
+
+
+def check_int(name, v, minimum=1):
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise invalid(name, v, f"must be an integer >= {minimum}")
+
+
+def check_range(name, v, lo, hi, lo_open=False, hi_open=False):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise invalid(name, v, "must be a number")
+    if (v <= lo if lo_open else v < lo) or (v >= hi if hi_open else v > hi):
+        raise invalid(name, v, f"must lie in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
+
+
+def check_temperature_rule(eta, tau_min, tau_max, prefix: str = "") -> None:
+    """The settings of ABSLD's temperature rule, as both the engine (method options) and the explorer's
+    replay (ReplaySettings) accept them: 0 < tau_min < tau_max and eta >= 0."""
+    check_range(f"{prefix}tau_min", tau_min, 0, float("inf"), lo_open=True)
+    if not tau_min < tau_max:
+        raise ConfigError(f"{prefix}tau_min={tau_min} and {prefix}tau_max={tau_max} are inverted: "
+                          f"need 0 < tau_min < tau_max")
+    check_range(f"{prefix}eta", eta, 0, float("inf"))
