@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -34,7 +35,9 @@ from . import params, plan, study
 SHARED_JPEG = study.ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 # what a rehearsal shrinks (the preset keeps everything else); milestones scale with the epochs
 REHEARSAL = {"epochs": 4, "train_per_class": 2, "val_per_class": 1, "test_per_class": 2, "batch_size": 10,
-             "aa_iters": 2, "aa_queries": 20, "device": "cpu"}
+             "aa_iters": 2, "aa_queries": 20, "device": "cpu",
+             # every core: a rehearsal proves code paths, it is never compared with a sweep's runs
+             "threads": max(1, min(8, os.cpu_count() or 1))}
 PER_NOTEBOOK = {"01_smoothness_vs_fairness": {"reference_epochs": 2}, "02_teacher": {"teacher_epochs": 2},
                 "05_temperature_explorer": {"device": "cpu"}}
 OFFICIAL_FILE_DATASETS = ("cifar10",)

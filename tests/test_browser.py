@@ -200,7 +200,7 @@ def _kernel_state(url, token, path) -> str | None:
     return None
 
 
-def _run_all_until_done(driver, url, token, path, timeout=400):
+def _run_all_until_done(driver, url, token, path, timeout=900):
     """Open `path`, wait until its kernel is idle (REST API), click Run All, and wait until every code
     cell has run (an execution count in each prompt) and the kernel is idle again. Run All is clicked
     once more when no cell starts within 20 s (a busy machine can swallow the first click)."""
