@@ -41,7 +41,12 @@ def _check(x: torch.Tensor, eps: float, alpha: float | None = None, steps: int |
         raise TypeError(f"attack inputs must be float images in [0,1], got dtype {x.dtype}")
     if validate:
         check_images(x, "attack inputs")
-    # a per-sample eps or alpha (N x 1 x 1 x 1 tensors, the fair-AT methods') is the caller's to check
+    # a per-sample eps or alpha (N x 1 x 1 x 1 tensors, the fair-AT methods'): checked here only when
+    # validate (one host read); the engine's training attacks build them in range
+    for name, v in (("eps", eps), ("alpha", alpha)):
+        if validate and torch.is_tensor(v) and not bool(((v > 0) & (v <= 1)).all()):
+            raise ValueError(f"per-sample {name} must lie in (0, 1] for every sample, got values from "
+                             f"{float(v.min())} to {float(v.max())}" + (" (NaN among them)" if bool(v.isnan().any()) else ""))
     if not torch.is_tensor(eps) and not (0 < eps <= 1):
         raise ValueError(f"eps must lie in (0, 1] (pixels in [0,1]; 8/255 not 8), got {eps}")
     if alpha is not None and not torch.is_tensor(alpha) and not (0 < alpha <= 1):
@@ -185,6 +190,9 @@ def _kl_start(x, target_probs, eps, alpha, steps, init_std, x_init, validate):
     _check(x, eps, alpha, steps, validate)
     if target_probs.shape[0] != x.shape[0] or target_probs.ndim != 2:
         raise ValueError(f"target_probs must be N x C with N = {x.shape[0]}, got {tuple(target_probs.shape)}")
+    if validate and not bool(((target_probs >= 0) & (target_probs <= 1)).all()):
+        raise ValueError(f"target_probs must be probabilities (each in [0, 1], rows summing to 1), got values from "
+                         f"{float(target_probs.min())} to {float(target_probs.max())}")
     if x_init is None:  # as the release: the Gaussian start is not clipped (every step projects)
         x0 = (x + init_std * _noise(x).normal_()).detach()
         return project(x0, x, eps) if steps == 0 else x0

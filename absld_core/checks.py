@@ -18,6 +18,12 @@ def check_int(name, v, minimum=1):
         raise invalid(name, v, f"must be an integer >= {minimum}")
 
 
+def check_bool(name, v):
+    """A boolean is YAML's true or false; a quoted "false", 0/1 or 'no' is refused, not read as truthy."""
+    if not isinstance(v, bool):
+        raise invalid(name, v, "must be true or false")
+
+
 def check_range(name, v, lo, hi, lo_open=False, hi_open=False):
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise invalid(name, v, "must be a number")

@@ -126,6 +126,8 @@ def _sweep(args) -> int:
     out = Path(args.out)
     if not out.is_dir():
         raise UsageError(f"--out {out} is not a folder")
+    if Path(args.preset).suffix in (".yaml", ".yml") and Path(args.preset).is_file():
+        args.preset = str(Path(args.preset).resolve())   # a preset path is read from where it was given
     os.chdir(out)  # run_root and the teachers' paths are relative to it, as in `absld study --out`
     jobs = study_plan(args.preset, overrides)
     if args.list:
@@ -283,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .methods import registry
+    registry.absolute_plugin_paths()   # method files are found from here, whatever directory a command moves to
     from .config import ConfigError
     from .data import DatasetError
     from .engine import NonFiniteLossError

@@ -8,6 +8,7 @@ Every invalid value raises ConfigError naming the field, the value and what is a
 from __future__ import annotations
 
 import copy
+import warnings
 import dataclasses
 import json
 import re
@@ -19,6 +20,7 @@ import yaml
 
 from .checks import ConfigError, check_int, check_range, check_temperature_rule, invalid  # noqa: F401
 from .methods import registry
+from .schedule import collapsed_decays
 from .vocab import parse_attack
 
 LR_SCHEDULES = ("paper300", "ham120", "milestones", "constant")
@@ -70,6 +72,8 @@ class DataConfig:
     options: dict = field(default_factory=dict)  # passed to load_dataset
 
     def __post_init__(self):
+        if not isinstance(self.options, dict):
+            raise _not_a_section("data.options", self.options, "image_size: 8")
         from .data import KNOWN
 
         if self.dataset not in KNOWN:
@@ -147,6 +151,9 @@ class AttackConfig:
         return {k: v for k, v in (("n_iter", self.aa_iters), ("n_queries", self.aa_queries)) if v} or None
 
 
+TEACHER_CHECKPOINTS = ("fair_best", "best", "last", "averaged")
+
+
 @dataclass(frozen=True)
 class TeacherConfig:
     checkpoint: str | None = None   # a checkpoint file, or a run directory (its fair_best/last checkpoint)
@@ -154,6 +161,13 @@ class TeacherConfig:
     width: int | None = None
     depth: int | None = None
     which: str = "fair_best"        # checkpoint of a run directory: fair_best, best, last or averaged
+
+    def __post_init__(self):
+        if self.which not in TEACHER_CHECKPOINTS:
+            raise invalid("method.teacher.which", self.which, f"one of {', '.join(TEACHER_CHECKPOINTS)}")
+        for name in ("width", "depth"):
+            if getattr(self, name) is not None:
+                check_int(f"method.teacher.{name}", getattr(self, name), 1)
 
 
 @dataclass(frozen=True)
@@ -224,6 +238,14 @@ class OptimConfig:
         check_int("optim.warmup_epochs", self.warmup_epochs, 0)
         if self.warmup_epochs >= self.epochs:
             raise invalid("optim.warmup_epochs", self.warmup_epochs, f"fewer than optim.epochs={self.epochs}")
+        for e, k, f in collapsed_decays(self):
+            warnings.warn(f"optim.schedule={self.schedule} over {self.epochs} epoch(s) applies {k} of its lr decays "
+                          f"at once from epoch {e} (lr x{f:.3g} there): its milestones need more epochs; give "
+                          f"optim.epochs more, or schedule: milestones", ScheduleWarning, stacklevel=3)
+
+
+class ScheduleWarning(UserWarning):
+    """A schedule whose decays a short run puts onto the same epoch."""
 
 
 @dataclass(frozen=True)
@@ -290,13 +312,21 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"a training config must be a dict or TrainConfig, got {type(d).__name__}")
         # a run's config.json records what the run resolved (classes, sizes, versions): not an input
+        resolved = d.get("resolved") if isinstance(d.get("resolved"), dict) else {}
         d = {k: v for k, v in d.items() if k != "resolved"}
         fn = (d.get("method") or {}).get("tau_function") if isinstance(d.get("method"), dict) else None
         if isinstance(fn, str) and fn.startswith("<function"):
             raise ConfigError(f"method.tau_function={fn!r} is the name of a Python function recorded by an "
                               f"earlier run; a YAML/JSON config cannot hold a function: pass the callable "
                               f"through the Python API (train(cfg) with method.tau_function=f)")
-        return _build(cls, d, "")
+        try:
+            cfg = _build(cls, d, "")
+        except ConfigError as e:
+            raise _name_the_method_file(e, d, resolved) from None
+        refused = _name_the_method_file(None, d, resolved) if resolved else None
+        if refused is not None:
+            raise refused
+        return cfg
 
     def to_dict(self, keep_callables: bool = False) -> dict:
         """Nested plain dict (tuples as lists). Callables (a schedule function) become a descriptive
@@ -329,6 +359,28 @@ _NESTED = {"data": DataConfig, "model": ModelConfig, "attack": AttackConfig, "me
            "optim": OptimConfig, "teacher": TeacherConfig}
 
 
+def _plugin_module(module: str | None) -> bool:
+    return bool(module) and not str(module).startswith("absld_core.")
+
+
+def _name_the_method_file(e: ConfigError | None, d: dict, resolved: dict) -> ConfigError | None:
+    """A run trained with a method from a file of one's own, read where that file is not loaded: say
+    which file defined it (recorded in resolved.method_source) and how to load it. e None: the config
+    built; refuse it still when the run's method came from a file of one's own that replaced a built-in
+    name and the built-in is what this process has (it would be read as the other method)."""
+    name = d.get("method", {}).get("name") if isinstance(d.get("method"), dict) else None
+    src = resolved.get("method_source") if isinstance(resolved.get("method_source"), dict) else {}
+    if not name or not src.get("file"):
+        return e
+    hint = (f"this run was trained with method {name!r} defined in {src['file']} (sha256 {src.get('sha256')}), "
+            f"which is not loaded: set {registry.PLUGIN_ENV}={src['file']} to read the run")
+    if name not in registry.names():
+        return ConfigError(hint)
+    if e is None and _plugin_module(src.get("module")) and not _plugin_module(registry.get(name).__module__):
+        return ConfigError(hint + f" (without it {name!r} is the package's own method)")
+    return e
+
+
 def _build_method(d: dict, prefix: str) -> MethodConfig:
     """method: {name, teacher, **options}: the options are built by the named method's dataclass."""
     d = dict(d)
@@ -341,6 +393,8 @@ def _build_method(d: dict, prefix: str) -> MethodConfig:
     teacher = d.pop("teacher", None)
     if isinstance(teacher, dict):
         teacher = _build(TeacherConfig, teacher, f"{prefix}teacher.")
+    elif teacher is not None and not isinstance(teacher, TeacherConfig):
+        raise _not_a_section(f"{prefix}teacher", teacher, "checkpoint: runs/teacher")
     try:
         options = _build(cls.options_class, d, prefix, what=f"the options of method {name!r}")
     except ConfigError as e:
@@ -350,7 +404,19 @@ def _build_method(d: dict, prefix: str) -> MethodConfig:
     return MethodConfig(name=name, teacher=teacher, options=options)
 
 
+def _not_a_section(name: str, value, example: str) -> ConfigError:
+    return ConfigError(f"{name}={value!r} is invalid: it is a section, a mapping of fields such as "
+                       f"`{name.rsplit('.', 1)[-1]}: {{{example}}}`")
+
+
+_SECTION_EXAMPLES = {"data": "dataset: digits", "model": "arch: small_cnn", "attack": "eps: 0.031",
+                     "method": "name: absld", "optim": "epochs: 10", "teacher": "checkpoint: runs/teacher",
+                     "options": "image_size: 8"}
+
+
 def _build(cls, d: dict, prefix: str, what: str | None = None):
+    if not isinstance(d, dict):
+        raise _not_a_section(prefix.rstrip(".") or "config", d, _SECTION_EXAMPLES.get(prefix.rstrip(".").rsplit(".", 1)[-1], "..."))
     if cls is MethodConfig:
         return _build_method(d, prefix)
     known = {f.name: f for f in fields(cls)}
@@ -362,6 +428,11 @@ def _build(cls, d: dict, prefix: str, what: str | None = None):
     for k, v in d.items():
         if k in _NESTED and isinstance(v, dict):
             v = _build(_NESTED[k], v, f"{prefix}{k}.")
+        elif k in _NESTED and v is not None and not isinstance(v, _NESTED[k]):
+            raise _not_a_section(f"{prefix}{k}", v, _SECTION_EXAMPLES[k])
+        elif str(known[k].type) == "bool" and not isinstance(v, bool):
+            raise invalid(f"{prefix}{k}", v, "must be true or false (unquoted; a quoted 'false', 0/1 or 'no' is "
+                                             "not a boolean)")
         elif isinstance(v, str) and str(known[k].type).startswith("tuple"):
             # a comma list as people type it on a command line: clean,pgd5 or 215,260,285
             v = tuple(yaml_load(t.strip(), f"{prefix}{k}") for t in v.split(",") if t.strip())

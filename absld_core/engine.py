@@ -385,12 +385,13 @@ def _trackers(cfg: TrainConfig, run: RunDir, ds) -> list:
 
 def validates(cfg: TrainConfig, epoch: int, method: Method | None = None) -> bool:
     """Validation (and checkpoint selection) after `epoch`: every eval_every epochs, at the end, and,
-    as the releases do, after every epoch from the first lr decay on (and every epoch for a method
+    as the ABSLD and RSLAD releases do, after every epoch from the last one at the first lr (epoch 215
+    of 300: `epoch >= 215`) on (and every epoch for a method
     whose after_validation hook needs it)."""
     if epoch % cfg.eval_every == 0 or epoch == cfg.optim.epochs or (method is not None and method.validate_every_epoch):
         return True
     decays = milestone_epochs(cfg.optim)
-    return cfg.eval_every_epoch_after_decay and bool(decays) and epoch > decays[0]
+    return cfg.eval_every_epoch_after_decay and bool(decays) and epoch >= decays[0]
 
 
 class EpochTotals:
@@ -455,6 +456,7 @@ def train_step(method: Method, x: torch.Tensor, y: torch.Tensor, ctx: StepContex
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
+        method.after_step(x, y, ctx)
     totals.add(out, y)
     return out, value
 
@@ -503,7 +505,7 @@ def _train_epoch(session: Session, epoch: int, net, fwd, loader) -> tuple[dict, 
                        acc_adv=per_class(totals.correct_adv, totals.has_adv),
                        acc_nat=per_class(totals.correct_nat, totals.has_nat),
                        lr_factor=next_lr_factor(cfg.optim, epoch), model=model,
-                       reduce=lambda t: all_reduce_sum(t, info))
+                       reduce=lambda t: all_reduce_sum(t, info), class_count=totals.count.cpu())
     extra = method.after_epoch(stats)
     total = float(totals.count.sum())
     record = {"epoch": epoch, "lr": lr, "loss": float(totals.loss_sum / totals.n_loss.clamp_min(1)),

@@ -317,7 +317,12 @@ def rehearsal_overrides(spec: dict, out: Path) -> list[str]:
 def rehearse(preset: str, overrides: list[str] | None = None, out_root: str | Path = ".", tflops: float = 100.0,
              log=print) -> int:
     """Print the real run's cost, then run every notebook of the preset shrunk for a CPU."""
+    import math
     import time
+
+    if isinstance(tflops, bool) or not isinstance(tflops, (int, float)) or not math.isfinite(tflops) or tflops <= 0:
+        raise study.StudyError(f"--tflops {tflops!r} is invalid: the GPU's sustained training throughput in TFLOP/s, "
+                         f"a positive number (such as 100)")
 
     overrides = list(overrides or [])
     out = Path(out_root).resolve() / "rehearse"

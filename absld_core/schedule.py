@@ -27,6 +27,24 @@ def lr_factor(cfg, epoch: int) -> float:
     return cfg.gamma ** sum(e > m for m in cfg.milestones)
 
 
+def collapsed_decays(cfg) -> list[tuple[int, int, float]]:
+    """(epoch, n, factor): the 1-based epochs from which n > 1 of a named schedule's decays take effect
+    at once, because a short run scales its milestones onto the same epoch, and the lr's change there."""
+    n = cfg.epochs
+    if cfg.schedule == "paper300":
+        starts = [int(m * n // 300) + 1 for m in (215, 260, 285)]   # the first epoch e with e > m * n / 300
+    elif cfg.schedule == "ham120":
+        starts = [max(2, int(frac * n)) for frac in (0.5, 0.75, 0.917)]
+    else:
+        return []
+    out = []
+    for e in sorted(set(starts)):
+        k = starts.count(e)
+        if k > 1 and e <= n:
+            out.append((e, k, lr_factor(cfg, e) / (lr_factor(cfg, e - 1) if e > 1 else 1.0)))
+    return out
+
+
 def lr_at(cfg, epoch: int, batch: int = 0, batches_per_epoch: int = 1) -> float:
     """Learning rate for a batch: the schedule, with a linear warm-up over the first warmup_epochs."""
     lr = cfg.lr * lr_factor(cfg, epoch)

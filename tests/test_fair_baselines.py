@@ -74,8 +74,9 @@ def test_cfa_calibrated_radius_and_weight_from_given_class_accuracies():
 
 def test_cfa_variants_resolve_the_paper_and_the_release_defaults():
     paper_trades = cfa.CFAOptions().resolved(200)
-    assert paper_trades == {"lambda1": 0.3, "fawa_decay": 0.85, "fawa_threshold": 0.2, "ccm_start_epoch": 10}
+    assert paper_trades == {"lambda1": 0.3, "fawa_decay": 0.85, "fawa_threshold": 0.2, "ccm_start_epoch": 11}
     assert cfa.CFAOptions(base="pgd_at").resolved(200)["lambda1"] == 0.5
+    assert cfa.CFAOptions(base="fat").resolved(200)["lambda1"] == 0.7
     release = cfa.CFAOptions(variant="release").resolved(20)
     assert release == {"lambda1": 0.5, "fawa_decay": 0.88, "fawa_threshold": 0.24, "ccm_start_epoch": 2}
     with pytest.raises(ConfigError, match="method.base='natural' is invalid"):
@@ -88,7 +89,7 @@ def _val(worst):
 
 def test_fawa_updates_only_when_the_worst_class_reaches_the_threshold():
     model = nn.Linear(3, 2)
-    m = cfa.CFA(cfa.CFAOptions(fawa_threshold=0.3, fawa_decay=0.5), 2, torch.device("cpu"))
+    m = cfa.CFA(cfa.CFAOptions(fawa_threshold=0.3, fawa_decay=0.5, fawa_gate="validation"), 2, torch.device("cpu"))
     first = {k: v.clone() for k, v in model.state_dict().items()}
     assert m.after_validation(EpochStats(1, torch.zeros(2), torch.zeros(2), val=_val(20.0), model=model)) == \
         {"fawa_updated": False, "fawa_worst": 0.2}
@@ -103,7 +104,7 @@ def test_fawa_updates_only_when_the_worst_class_reaches_the_threshold():
     assert torch.allclose(m.avg["weight"], 0.5 * first["weight"] + 0.5 * (first["weight"] + 1.0))
 
 
-@pytest.mark.parametrize("base", ["trades", "pgd_at"])
+@pytest.mark.parametrize("base", ["trades", "pgd_at", "fat"])
 def test_cfa_trains_calibrates_and_evaluates_the_averaged_weights(base, tmp_path):
     run = train(tiny("cfa", "cfa", tmp_path, optim__epochs=3, eval_every=3, eval_every_epoch_after_decay=False,
                      method={"name": "cfa", "base": base, "ccm_start_epoch": 2, "fawa_threshold": 0.0}))

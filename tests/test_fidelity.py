@@ -50,9 +50,14 @@ def test_kd_scale_follows_the_number_of_classes_and_is_recorded(tmp_path):
 
 
 def test_validation_every_epoch_from_the_first_lr_decay():
-    paper = TrainConfig.from_dict({"eval_every": 5, "optim": {"epochs": 300}})
-    done = [e for e in range(1, 301) if validates(paper, e)]
-    assert done == list(range(5, 216, 5)) + list(range(216, 301))
+    # the ABSLD and RSLAD releases: `(epoch % 10 == 0 and epoch < 215) or epoch >= 215`, the lr x0.1 after
+    # epoch 215 (`if epoch in [215, 260, 285]` after the epoch's validation)
+    release = [e for e in range(1, 301) if (e % 10 == 0 and e < 215) or e >= 215]
+    paper = TrainConfig.from_dict({"eval_every": 10, "optim": {"epochs": 300}})
+    assert [e for e in range(1, 301) if validates(paper, e)] == release
+    five = TrainConfig.from_dict({"eval_every": 5, "optim": {"epochs": 300}})
+    done = [e for e in range(1, 301) if validates(five, e)]
+    assert done == list(range(5, 215, 5)) + list(range(215, 301))
     sparse = TrainConfig.from_dict({"eval_every": 5, "eval_every_epoch_after_decay": False, "optim": {"epochs": 300}})
     assert [e for e in range(1, 301) if validates(sparse, e)] == list(range(5, 301, 5))
     const = TrainConfig.from_dict({"eval_every": 3, "optim": {"epochs": 10, "schedule": "constant"}})

@@ -71,8 +71,19 @@ def _unpickle(path: Path) -> dict:
     return obj
 
 
+def _pixels_u8(a, where: str) -> np.ndarray:
+    """Pixel values as stored in the official files: uint8. Another dtype is refused (a cast would turn
+    floats in [0, 1] into black images and wrap values above 255), naming the dtype and range found."""
+    a = np.asarray(a)
+    if a.dtype != np.uint8:
+        rng = f"{a.min()}..{a.max()}" if a.size and np.issubdtype(a.dtype, np.number) else "n/a"
+        raise DatasetError(f"{where}: pixel values are {a.dtype} (range {rng}); the official files hold uint8 "
+                           f"0..255: convert them (np.uint8, scaled to 0..255) or download the official archive")
+    return a
+
+
 def _cifar_arrays(batches: list[dict], label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    x = np.concatenate([np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32) for b in batches])
+    x = np.concatenate([_pixels_u8(b["data"], "CIFAR batch 'data'").reshape(-1, 3, 32, 32) for b in batches])
     y = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
     return x, y
 
@@ -117,7 +128,7 @@ def _read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetError(f"{path} is corrupted or not an SVHN .mat file ({e})") from e
     if "X" not in m or "y" not in m:
         raise DatasetError(f"{path} has no 'X'/'y' arrays: not an official SVHN cropped-digits file")
-    x = np.ascontiguousarray(np.transpose(m["X"], (3, 2, 0, 1)).astype(np.uint8))
+    x = np.ascontiguousarray(np.transpose(_pixels_u8(m["X"], f"{path} 'X'"), (3, 2, 0, 1)))
     y = m["y"].astype(np.int64).reshape(-1)
     y[y == 10] = 0  # SVHN stores digit 0 as label 10
     return x, y

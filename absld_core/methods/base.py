@@ -69,7 +69,7 @@ class EpochStats:
     (zeros when the method gave none); acc_adv / acc_nat: class-wise accuracy of the same logits;
     lr_factor: the lr multiplier of the next epoch (ABSLD decays eta with it); val: the validation table
     ({attack: {avg, worst, worst_class, nsd, class_acc}}) when one ran, else None; reduce(t): a
-    tensor summed over the processes (identity for one)."""
+    tensor summed over the processes (identity for one); class_count: the epoch's samples per class."""
     epoch: int
     risk_adv: torch.Tensor
     risk_nat: torch.Tensor
@@ -79,6 +79,7 @@ class EpochStats:
     val: dict | None = None
     model: nn.Module | None = None
     reduce: Callable = lambda t: t
+    class_count: torch.Tensor | None = None   # the epoch's training samples per class
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,10 @@ class Method:
     def before_epoch(self, start: EpochStart) -> None:
         """Called before an epoch's first batch, on every process."""
 
+    def after_step(self, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> None:
+        """Called after the optimiser stepped on a batch (CFA's release logs the batch's clean accuracy
+        here with one more train-mode pass, which moves BatchNorm's running statistics)."""
+
     def after_epoch(self, stats: EpochStats) -> dict:
         """Called after an epoch (every process); returns fields for the epoch's history record."""
         return {}
@@ -132,6 +137,15 @@ class Method:
         """Option values this method chose itself (defaults that depend on the data); recorded in the
         run's config.json under resolved.method."""
         return {}
+
+
+def running_stats_pass(ctx: StepContext, *batches: torch.Tensor) -> None:
+    """Train-mode forward passes without gradients: they change nothing but BatchNorm's running
+    statistics, as the releases' extra passes do (FRL's and CFA's third pass on the clean images for the
+    KL target, whose logits equal the first pass's; CFA's logging pass after the optimiser step)."""
+    with torch.no_grad(), ctx.autocast():
+        for x in batches:
+            ctx.raw(x)
 
 
 class DeviceMirror:

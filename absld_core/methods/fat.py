@@ -4,7 +4,9 @@ Each sample takes PGD-CE steps while the model classifies it correctly and at mo
 it is misclassified (steps at which it is misclassified count against tau), then stops; CE on those
 examples. tau: 0 up to 50/120 of the epochs, 1 up to 90/120, 2 after (the release's 120-epoch schedule,
 scaled to the run); CFA's version uses a fixed tau of 3 (tau: 3). The start is uniform in the eps-ball
-(the release's AT variant). The TRADES variant of FAT is not implemented.
+(the release's AT variant). Every step adds omega * N(0, 1) noise to the samples that move, before the
+projection, as the release does (earlystop.py, omega 0.001 by default; omega: 0 turns it off). The
+attack runs in eval mode (the release's model.eval()). The TRADES variant of FAT is not implemented.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import attacks as A
-from ..checks import check_int
+from ..checks import check_int, check_range
 from .base import EpochStats, Method, Options, StepContext, StepOutput
 from .registry import register
 
@@ -22,10 +24,12 @@ from .registry import register
 @dataclass(frozen=True)
 class FATOptions(Options):
     tau: int | None = None     # extra steps after the first misclassification; None: the release's 0/1/2 schedule
+    omega: float = 0.001       # std of the Gaussian noise each moving sample gets per step (the release's)
 
     def __post_init__(self):
         if self.tau is not None:
             check_int("method.tau", self.tau, 0)
+        check_range("method.omega", self.omega, 0, 1)
 
 
 def tau_at(epoch: int, epochs: int) -> int:
@@ -33,10 +37,14 @@ def tau_at(epoch: int, epochs: int) -> int:
     return 0 if epoch <= 50 * epochs / 120 else 1 if epoch <= 90 * epochs / 120 else 2
 
 
-def early_stopped_pgd(model, x, y, eps, alpha, steps: int, tau: int, amp_dtype=None):
+def early_stopped_pgd(model, x, y, eps, alpha, steps: int, tau: int, amp_dtype=None, omega: float = 0.0,
+                      noise=None):
     """Friendly adversarial examples: (x_adv, steps each sample took). A sample that is misclassified
     with no extra step left stops where it is; vectorised, no host reads (every sample goes through
-    each forward pass; a stopped one just does not move)."""
+    each forward pass; a stopped one just does not move). omega: each moving sample gets
+    omega * noise(x) added per step before the projection (noise: default torch.randn_like; a test
+    passes its own tensors)."""
+    noise = noise or torch.randn_like
     x_adv = A.uniform_start(x, eps)
     budget = torch.full((x.shape[0],), tau, dtype=torch.long, device=x.device)
     active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
@@ -52,7 +60,10 @@ def early_stopped_pgd(model, x, y, eps, alpha, steps: int, tau: int, amp_dtype=N
             budget = budget - (wrong & active).long()
             (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x_adv)
             move = active.to(x.dtype)[:, None, None, None]
-            x_adv = A.project(x_adv.detach() + alpha * grad.sign() * move, x, eps)
+            delta = alpha * grad.sign()
+            if omega:
+                delta = delta + omega * noise(x)
+            x_adv = A.project(x_adv.detach() + delta * move, x, eps)
             taken += active.long()
     return x_adv.detach(), taken
 
@@ -70,7 +81,7 @@ class FAT(Method):
 
     def step(self, x, y, ctx: StepContext) -> StepOutput:
         x_adv, taken = early_stopped_pgd(ctx.raw, x, y, ctx.eps, ctx.alpha, ctx.steps, self.tau(ctx.epoch),
-                                         ctx.attack_dtype)
+                                         ctx.attack_dtype, omega=self.options.omega)
         self._steps += taken.sum()
         self._n += len(y)
         with ctx.autocast():

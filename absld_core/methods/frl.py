@@ -9,6 +9,10 @@ clean - PGD-20 accuracy; lambda0 <- P(lambda0 + r1 (e_nat_i - mean e_nat - tau))
 2 r1 (e_bndy_i - mean e_bndy - tau)), Remargin: lambda2 <- lambda2 + r2 (e_bndy_i - mean e_bndy - tau);
 P(v) = max(v, 0) rescaled to sum `limit` when its sum is larger; w = 1/K + lambda - mean(lambda);
 w2 = clip(exp(2 lambda2), 0.98, 3.0).
+r1 is halved at every 40th epoch (epochs 40, 80, ..., before that epoch's update), as the release's
+`if now_epoch % 40 == 0: rate1 = rate1 / 2` (rate1_halving_every: 0 keeps it constant). The KL target is
+a third train-mode pass on the clean images, as in the release: its logits equal the first pass's, so it
+only moves BatchNorm's running statistics (three updates per step; release_bn_passes: false keeps two).
 Defaults are the authors' current code (hannxu123/fair_robust): beta 1.5, tau 0.1 (Reweight) or 0.07
 (Remargin), r1 0.05, r2 0.2, limit 0.5; their code fine-tunes a TRADES model for 40 epochs at a constant
 lr of 0.001 (set model.init_checkpoint and optim for that). A 2021 version of the code differed (beta 1,
@@ -22,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import attacks as A
-from ..checks import ConfigError, check_int, check_range
-from .base import EpochStart, Method, Options, StepContext, StepOutput, kl_per_sample
+from ..checks import ConfigError, check_bool, check_int, check_range
+from .base import EpochStart, Method, Options, StepContext, StepOutput, kl_per_sample, running_stats_pass
 from .registry import register
 
 VARIANTS = ("reweight", "reweight_remargin")
@@ -38,6 +42,8 @@ class FRLOptions(Options):
     rate2: float = 0.2             # r2: step of the radius multipliers (remargin)
     limit: float = 0.5             # the loss-weight multipliers' sum is at most this
     val_steps: int = 20            # PGD steps of the per-epoch validation (step attack.alpha)
+    rate1_halving_every: int = 40  # r1 halves at every multiple of this epoch (the release's 40); 0: never
+    release_bn_passes: bool = True  # the release's third train-mode pass (BatchNorm statistics only)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -49,6 +55,13 @@ class FRLOptions(Options):
         check_range("method.rate2", self.rate2, 0, float("inf"))
         check_range("method.limit", self.limit, 0, 1, lo_open=True)
         check_int("method.val_steps", self.val_steps, 1)
+        check_int("method.rate1_halving_every", self.rate1_halving_every, 0)
+        check_bool("method.release_bn_passes", self.release_bn_passes)
+
+    def rate1_at(self, epoch: int) -> float:
+        """r1 in 1-based `epoch`: halved at each multiple of rate1_halving_every reached."""
+        n = self.rate1_halving_every
+        return self.rate1 / 2 ** (epoch // n) if n else self.rate1
 
     @property
     def tolerance(self) -> float:
@@ -72,13 +85,15 @@ def class_weights(lam: torch.Tensor) -> torch.Tensor:
     return 1.0 / len(lam) + lam - lam.mean()
 
 
-def update(lam0, lam1, lam2, e_nat, e_bndy, opts: FRLOptions):
-    """One epoch's multiplier update from the class-wise clean and boundary errors (fractions)."""
+def update(lam0, lam1, lam2, e_nat, e_bndy, opts: FRLOptions, rate1: float | None = None):
+    """One epoch's multiplier update from the class-wise clean and boundary errors (fractions); rate1:
+    this epoch's r1 (default opts.rate1)."""
     t = opts.tolerance
+    r1 = opts.rate1 if rate1 is None else rate1
     g0 = e_nat - e_nat.mean() - t
     g1 = e_bndy - e_bndy.mean() - t
-    lam0 = project_multipliers(lam0 + opts.rate1 * g0, opts.limit)
-    lam1 = project_multipliers(lam1 + 2 * opts.rate1 * g1, opts.limit)
+    lam0 = project_multipliers(lam0 + r1 * g0, opts.limit)
+    lam1 = project_multipliers(lam1 + 2 * r1 * g1, opts.limit)
     if opts.variant == "reweight_remargin":
         lam2 = lam2 + opts.rate2 * g1
     return lam0, lam1, lam2
@@ -127,8 +142,9 @@ class FRL(Method):
             torch.manual_seed(1_000_003 + start.epoch)
             e_nat, e_bndy = class_errors(start.model, start.val_x, start.val_y, start.eps, start.alpha,
                                          self.options.val_steps, self.num_classes, start.device)
-        self.last_errors = (e_nat, e_bndy)
-        self.lam0, self.lam1, self.lam2 = update(self.lam0, self.lam1, self.lam2, e_nat, e_bndy, self.options)
+        self.last_errors, self.last_rate1 = (e_nat, e_bndy), self.options.rate1_at(start.epoch)
+        self.lam0, self.lam1, self.lam2 = update(self.lam0, self.lam1, self.lam2, e_nat, e_bndy, self.options,
+                                                 self.last_rate1)
         self._set_weights()
 
     def step(self, x, y, ctx: StepContext) -> StepOutput:
@@ -138,6 +154,8 @@ class FRL(Method):
                             amp_dtype=ctx.attack_dtype, validate=False)
         with ctx.autocast():
             z_nat, z_adv = ctx.forward(x, x_adv)
+        if self.options.release_bn_passes:
+            running_stats_pass(ctx, x)
         z_nat, z_adv = z_nat.float(), z_adv.float()
         ce = F.cross_entropy(z_nat, y, reduction="none")
         kl = kl_per_sample(z_nat, z_adv)
@@ -150,6 +168,7 @@ class FRL(Method):
                "frl_eps_scale": self.w2.tolist()}
         if hasattr(self, "last_errors"):
             out["frl_val_error_nat"], out["frl_val_error_bndy"] = (e.tolist() for e in self.last_errors)
+            out["frl_rate1"] = self.last_rate1
         return out
 
     def state_dict(self):
