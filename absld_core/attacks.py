@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import InputError
 from .vocab import AA_ATTACKS
 
 __all__ = ["fgsm", "pgd", "pgd_kl", "pgd_kl_tracked", "trades_kl", "cw_inf", "pgd_boundary_steps", "autoattack",
@@ -33,6 +34,36 @@ def check_images(x: torch.Tensor, what: str = "images") -> None:
     if lo < 0 or hi > 1:
         hint = " (pixels in [0, 255]? divide by 255)" if hi > 1 and hi <= 255 and lo >= 0 else ""
         raise ValueError(f"{what} must lie in [0, 1], found values from {lo:.4g} to {hi:.4g}{hint}")
+
+
+def check_batch(x: torch.Tensor, y: torch.Tensor | None = None, what: str = "images") -> None:
+    """Shapes and dtypes as the models and attacks take them: x N x C x H x W, y int64 of shape (N,)."""
+    if not torch.is_tensor(x):
+        raise InputError(f"{what} must be a torch tensor N x C x H x W, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise InputError(f"{what} must be 4-D, N x C x H x W (channels first), got shape {tuple(x.shape)}"
+                         + (": reshape flat images to N x C x H x W" if x.ndim == 2 else ""))
+    if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        raise InputError(f"{what} of shape {tuple(x.shape)} look channels-last (N x H x W x C); the models take "
+                         f"N x C x H x W: x.permute(0, 3, 1, 2)")
+    if y is None:
+        return
+    if not torch.is_tensor(y) or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise InputError(f"labels must be an integer tensor of class indices (int64), got "
+                        f"{y.dtype if torch.is_tensor(y) else type(y).__name__}: y.long()")
+    if y.ndim != 1:
+        raise InputError(f"labels must be 1-D, shape (N,), got {tuple(y.shape)}"
+                         + (": y.squeeze(1)" if y.ndim == 2 and y.shape[1] == 1 else ""))
+    if len(y) != len(x):
+        raise InputError(f"{len(x)} {what} but {len(y)} labels: one label per image")
+
+
+def _check_labels_fit(logits: torch.Tensor, y: torch.Tensor) -> None:
+    """A label outside the model's classes (one host read; only for checked calls)."""
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= logits.shape[1]:
+        raise InputError(f"labels must lie in [0, {logits.shape[1] - 1}] for a model with {logits.shape[1]} classes; "
+                         f"found labels from {lo} to {hi}")
 
 
 def _check(x: torch.Tensor, eps: float, alpha: float | None = None, steps: int | None = None,
@@ -114,6 +145,10 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, amp_
          validate: bool = True) -> torch.Tensor:
     """One signed-gradient step of size eps on the cross-entropy, from x."""
     _check(x, eps, validate=validate)
+    if validate:
+        check_batch(x, y)
+        with torch.no_grad(), model_mode(model):
+            _check_labels_fit(model(x[:1]), y)
     with model_mode(model):
         return _run(model, x, lambda z: F.cross_entropy(z, y, reduction="sum"), x, eps, eps, 1, amp_dtype)
 
@@ -127,6 +162,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
     is finite and in [0, 1] (one host read; the engine's training attacks skip it, their batches are
     in range by construction)."""
     _check(x, eps, alpha, steps, validate)
+    if validate:
+        check_batch(x, y)
+        with torch.no_grad(), model_mode(model):
+            _check_labels_fit(model(x[:1]), y)
     if loss == "ce":
         loss_fn = lambda z: F.cross_entropy(z, y, reduction="sum")  # noqa: E731
     elif loss == "margin":
@@ -168,6 +207,11 @@ def pgd_kl(model: nn.Module, x: torch.Tensor, target_probs: torch.Tensor, eps: f
     x_init: continue from an earlier iterate instead. eps (and alpha) may be per-sample tensors
     shaped N x 1 x 1 x 1."""
     x0 = _kl_start(x, target_probs, eps, alpha, steps, init_std, x_init, validate)
+    if validate:
+        with torch.no_grad(), model_mode(model):
+            classes = model(x[:1]).shape[1]
+        if target_probs.shape[1] != classes:
+            raise InputError(f"target_probs has {target_probs.shape[1]} columns but the model has {classes} classes")
     with model_mode(model, train_mode):
         return _run(model, x, lambda z: kl_to_targets(z, target_probs.detach().float()), x0, eps, alpha, steps,
                     amp_dtype)
@@ -188,6 +232,8 @@ def pgd_kl_tracked(model: nn.Module, x: torch.Tensor, target_probs: torch.Tensor
 
 def _kl_start(x, target_probs, eps, alpha, steps, init_std, x_init, validate):
     _check(x, eps, alpha, steps, validate)
+    if validate:
+        check_batch(x)
     if target_probs.shape[0] != x.shape[0] or target_probs.ndim != 2:
         raise ValueError(f"target_probs must be N x C with N = {x.shape[0]}, got {tuple(target_probs.shape)}")
     if validate and not bool(((target_probs >= 0) & (target_probs <= 1)).all()):

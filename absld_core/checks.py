@@ -9,6 +9,11 @@ class ConfigError(ValueError):
     """An invalid configuration value; the message names the field, the value and what is allowed."""
 
 
+class InputError(ValueError):
+    """A tensor or argument given to the library (evaluate, the attacks, build_model) that it cannot
+    take; the message says what was found and what is expected."""
+
+
 def invalid(field_name: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"{field_name}={value!r} is invalid: {allowed}")
 
@@ -39,3 +44,23 @@ def check_temperature_rule(eta, tau_min, tau_max, prefix: str = "") -> None:
         raise ConfigError(f"{prefix}tau_min={tau_min} and {prefix}tau_max={tau_max} are inverted: "
                           f"need 0 < tau_min < tau_max")
     check_range(f"{prefix}eta", eta, 0, float("inf"))
+
+
+def check_device(name: str):
+    """The torch device for `name`, refused with a message when this machine does not have it."""
+    import torch
+
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise ConfigError(f"device={name!r} is invalid: 'cpu', 'cuda' or 'cuda:N'")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            why = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"device={name!r} but this machine has no CUDA device ({why}); use device=cpu")
+        try:
+            dev = torch.device(name)
+        except RuntimeError as e:
+            raise ConfigError(f"device={name!r} is invalid ({e})") from None
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return dev
+    return torch.device("cpu")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import errno
 import traceback
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    import torch
+    import os
 
     from .data import load_dataset
     from .engine import check_device
@@ -50,6 +51,12 @@ def _eval(args) -> int:
     # everything a user typed is checked before the (long) evaluation starts
     if args.out and Path(args.out).suffix not in (".json", ".csv"):
         raise UsageError(f"--out {args.out}: the table is written as .json or .csv; name a file ending in one")
+    if args.out:
+        folder = Path(args.out).resolve().parent
+        if not folder.is_dir():
+            raise UsageError(f"--out {args.out}: the folder {folder} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise UsageError(f"--out {args.out}: the folder {folder} is not writable; give a folder you can write to")
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     if not attacks:
         raise UsageError("--attacks names no attack; allowed: clean, fgsm, pgdN, cwN, aa, aa:<parts>")
@@ -86,12 +93,10 @@ def _checkpoint_path(path: Path) -> Path:
     fair_best by default), else its last.pt."""
     if not path.is_dir():
         return path
-    import json
-
     from .runs import RunDir
 
     run = RunDir(path)
-    which = json.loads(run.config.read_text()).get("final_checkpoint", "fair_best") if run.config.is_file() else "fair_best"
+    which = run.read_config().get("final_checkpoint", "fair_best") if run.config.is_file() else "fair_best"
     found = run.checkpoint_or_last(which)
     if found is not None:
         return found
@@ -106,6 +111,8 @@ def _study(args) -> int:
         from .rehearse import rehearse
 
         return rehearse(args.preset, args.set, out_root=args.out, tflops=args.tflops)
+    from .plan import study_plan
+    study_plan(args.preset, args.set)   # every run's config built (method names included) before any trains
     return run_study(args.preset, overrides=args.set, force=args.force, out_root=args.out)
 
 
@@ -135,6 +142,8 @@ def _sweep(args) -> int:
             print(f"{j.status():10s} {j.key:32s} after {', '.join(j.deps) or '-'}")
         _print_temperature_budgets(jobs)
         return 0
+    if not (args.hours * 60 >= 1):
+        raise UsageError(f"--hours {args.hours:g}: each job's time limit must be at least one minute (--hours 0.02)")
     slurm = {"cluster": "local" if args.executor == "submitit-local" else None, "partition": args.partition,
              "account": args.account, "qos": args.qos, "gpus_per_node": args.gpus, "mem_gb": args.mem_gb,
              "timeout_min": int(args.hours * 60), "max_parallel": args.max_parallel}
@@ -304,6 +313,14 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, usage) else 1
+    except OSError as e:   # the disk: full, read-only, not allowed
+        if args.debug:
+            traceback.print_exc()
+        hint = {errno.ENOSPC: "free some space; finished epochs are kept, --resume continues from the last checkpoint",
+                errno.EROFS: "the folder is on read-only storage: give --out (or out_dir) a writable folder",
+                errno.EACCES: "no permission to write there: give a folder you can write to"}.get(e.errno, "")
+        print(f"error: {e.strerror or e}: {e.filename or ''}" + (f" ({hint})" if hint else ""), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

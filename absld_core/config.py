@@ -47,6 +47,21 @@ _Loader.add_implicit_resolver(
                   |\.(?:nan|NaN|NAN))$""", re.X),
     list("-+0123456789."))
 
+# a radius as people write it: 8/255 (a fraction of two plain numbers) is the float it names
+_FRACTION = "tag:absld,2026:fraction"
+_Loader.add_implicit_resolver(_FRACTION, re.compile(r"^[-+]?[0-9]+(?:\.[0-9]*)?/[0-9]+(?:\.[0-9]*)?$"),
+                              list("-+0123456789"))
+
+
+def _fraction(loader, node):
+    num, den = loader.construct_scalar(node).split("/")
+    if float(den) == 0:
+        raise ConfigError(f"{node.value!r} divides by zero")
+    return float(num) / float(den)
+
+
+_Loader.add_constructor(_FRACTION, _fraction)
+
 
 def yaml_load(text: str, origin: str = "YAML"):
     """Parse YAML text (a config file, a preset, a --set value); a syntax error names where it is."""
@@ -134,6 +149,9 @@ class AttackConfig:
         check_int("attack.steps", self.steps, 1)
         check_range("attack.kl_init_std", self.kl_init_std, 0, 1)
         for name in ("val_attacks", "test_attacks"):
+            if not isinstance(getattr(self, name), tuple) or not getattr(self, name):
+                raise invalid(f"attack.{name}", getattr(self, name), "a non-empty list of attacks such as "
+                                                                     "clean,pgd20 (the run evaluates with them)")
             for a in getattr(self, name):
                 try:
                     parse_attack(a)
@@ -284,6 +302,12 @@ class TrainConfig:
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise invalid("device", self.device, "'cpu', 'cuda' or 'cuda:N'")
         check_int("eval_every", self.eval_every)
+        check_int("seed", self.seed, 0)
+        if not isinstance(self.out_dir, str) or not self.out_dir:
+            raise invalid("out_dir", self.out_dir, "a folder path")
+        if self.resume and self.overwrite:
+            raise ConfigError("resume and overwrite together are refused: --resume continues the run in place, "
+                              "--overwrite deletes it and trains again; give one of them")
         if self.threads is not None:
             check_int("threads", self.threads)
         if self.selection not in SELECTIONS:

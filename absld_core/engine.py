@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .attacks import model_mode
+from .checks import check_device  # noqa: F401  (engine.check_device: where callers have found it)
 from .config import ConfigError, TrainConfig, config_changes, normalised
 from .data import BatchIterator, Dataset, load_dataset
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, init_from_env
@@ -41,24 +42,6 @@ __all__ = ["train", "NonFiniteLossError", "RunExistsError", "RunLockedError", "p
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite, or grew past `max_loss`; the run directory keeps the last good
     checkpoint."""
-
-
-def check_device(name: str) -> torch.device:
-    """The torch device for `name`, refused with a message when this machine does not have it."""
-    if not (name == "cpu" or name.startswith("cuda")):
-        raise ConfigError(f"device={name!r} is invalid: 'cpu', 'cuda' or 'cuda:N'")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            why = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise ConfigError(f"device={name!r} but this machine has no CUDA device ({why}); use device=cpu")
-        try:
-            dev = torch.device(name)
-        except RuntimeError as e:
-            raise ConfigError(f"device={name!r} is invalid ({e})") from None
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
-        return dev
-    return torch.device("cpu")
 
 
 class MultiView(nn.Module):
@@ -164,6 +147,23 @@ def _refuse_foreign(run: RunDir) -> None:
                              f"there. Choose another name or out_dir")
 
 
+def _check_out_dir(cfg: TrainConfig) -> None:
+    """The run's folder can be made: the nearest existing ancestor is a folder (not a file, not a
+    dangling or looping symbolic link)."""
+    p = Path(cfg.run_dir)
+    try:
+        for a in (p, *p.parents):
+            if a.is_symlink() and not a.exists():
+                raise ConfigError(f"out_dir={cfg.out_dir!r}: {a} is a symbolic link that leads nowhere (or to "
+                                  f"itself); point out_dir at a folder")
+            if a.exists():
+                if not a.is_dir():
+                    raise ConfigError(f"out_dir={cfg.out_dir!r}: {a} is a file, not a folder; choose another out_dir")
+                return
+    except OSError as e:
+        raise ConfigError(f"out_dir={cfg.out_dir!r} cannot be used: {e.strerror} ({e.filename})") from None
+
+
 def _prepare_run_dir(cfg: TrainConfig, run: RunDir, info: DistInfo) -> bool:
     """Returns True when the run should resume from last.pt; raises when the directory is taken.
     A fresh start in a directory of an unfinished attempt clears that attempt's record first."""
@@ -191,7 +191,7 @@ def _refuse_changed_config(cfg: TrainConfig, run: RunDir) -> None:
     """A resume continues the run that was started: every field that can change its results must agree."""
     if not run.config.is_file():
         return
-    changed = config_changes(normalised(json.loads(run.config.read_text())), cfg.to_json())
+    changed = config_changes(normalised(run.read_config()), cfg.to_json())
     if changed:
         raise ConfigError(f"cannot resume {run.path} with another configuration: {', '.join(changed[:10])} "
                           f"differ from the run's config.json. Resume with the recorded values (absld train "
@@ -206,8 +206,12 @@ def train(config, *, info: DistInfo | None = None) -> Path:
     info = info or init_from_env(cfg.device)
     device = torch.device(cfg.device if not (info.enabled and cfg.device.startswith("cuda"))
                           else f"cuda:{info.local_rank}")
+    _check_out_dir(cfg)
     run = RunDir(cfg.run_dir)
     _refuse_foreign(run)
+    if cfg.resume and run.finished() and run.last.is_file():
+        _refuse_changed_config(cfg, run)   # reading a finished run takes no lock (read-only storage works)
+        return run.path
     lock = run.lock() if info.is_main else None  # one writer per run directory, for the whole run
     threads = torch.get_num_threads()
     if cfg.threads is not None:
@@ -361,8 +365,14 @@ def _train(cfg: TrainConfig, run: RunDir, info: DistInfo, device: torch.device) 
     except BaseException as e:
         if info.is_main:
             # status.json's epoch is written right after each last.pt, so it names that checkpoint's epoch
-            done = run.status().get("epoch") if run.last.is_file() else None
-            run.set_status("failed", error=f"{type(e).__name__}: {e}", last_checkpoint_epoch=done)
+            try:
+                done = run.status().get("epoch") if run.last.is_file() else None
+                if isinstance(e, (KeyboardInterrupt, SystemExit)):   # Ctrl-C, or SIGTERM from a sweep
+                    run.set_status("stopped", reason="interrupted", last_checkpoint_epoch=done)
+                else:
+                    run.set_status("failed", error=f"{type(e).__name__}: {e}", last_checkpoint_epoch=done)
+            except (OSError, ValueError):
+                pass   # a full or read-only disk cannot record the failure; the error itself says what happened
         raise
     finally:
         for t in watchers:
@@ -601,7 +611,7 @@ def reevaluate(config, changed: list[str] | None = None) -> Path:
     run = RunDir(cfg.run_dir)
     if not run.finished():
         raise RunExistsError(f"{run.path} is not a finished run; only a finished run can be evaluated again")
-    saved = json.loads(run.config.read_text())
+    saved = run.read_config()
     changed = config_changes(normalised(saved), cfg.to_json()) if changed is None else changed
     training = [c for c in changed if c not in EVALUATION_FIELDS]
     if training:

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from . import attacks as A
 from .atomic import atomic_write
+from .checks import check_device
 from .attacks import model_mode
 from .vocab import AttackSpec, parse_attack
 
@@ -84,6 +85,9 @@ def evaluate_per_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     default = AttackConfig()
     attacks = default.test_attacks if attacks is None else attacks
+    if isinstance(attacks, str):   # "clean,pgd20" as on a command line, not letter by letter
+        attacks = [a.strip() for a in attacks.split(",") if a.strip()]
+    A.check_batch(x, y, "evaluation images")
     eps = default.eps if eps is None else eps
     pgd_alpha = default.eval_alpha if pgd_alpha is None else pgd_alpha
     specs = [parse_attack(a) for a in attacks]
@@ -95,7 +99,7 @@ def evaluate_per_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if device is None:
         device = next(model.parameters()).device
-    device = torch.device(device)
+    device = check_device(str(device))   # cuda without CUDA: one line, not an assertion deep in torch
     if x.dtype != torch.uint8:
         A.check_images(x, "evaluation images")  # once, over the whole set: finite and in [0, 1]
     if classes is None:  # the class list is what the model predicts, never what the labels happen to hold

@@ -36,7 +36,7 @@ def run_state(cfg: dict) -> tuple[str, list[str]]:
     if not run.config.is_file():
         return "new", []
     new = TrainConfig.from_dict({**cfg, "resume": False, "overwrite": False}).to_json()
-    changed = config_changes(normalised(json.loads(run.config.read_text())), new)
+    changed = config_changes(normalised(run.read_config()), new)
     if changed:
         if run.finished() and all(c in EVALUATION_FIELDS for c in changed):
             return "reevaluate", changed
@@ -72,7 +72,7 @@ def _say_thread_difference(run: RunDir, cfg: dict, log) -> None:
     """A reused run whose thread count was not fixed, trained with another count than this process has."""
     import torch
 
-    recorded = json.loads(run.config.read_text()).get("resolved", {}).get("intra_op_threads")
+    recorded = run.read_config().get("resolved", {}).get("intra_op_threads")
     if cfg.get("threads") is None and recorded is not None and recorded != torch.get_num_threads():
         log(f"{run.path}: reused; it trained with {recorded} thread(s), this process has {torch.get_num_threads()} "
             f"(bf16 on a CPU gives other weights with another count: set threads to fix it)")
@@ -88,15 +88,17 @@ def record_per_image(run_dir: str | Path, device: str = "cpu") -> Path:
     from .config import TrainConfig
     from .engine import prepare_data
     from .evaluate import evaluate_per_image, load_table, save_per_image
+    from .checks import check_device
     from .models import model_from_checkpoint
 
+    check_device(str(device))   # before blaming the checkpoint for a device this machine lacks
     run = RunDir(run_dir)
     if not run.finished():
         raise ValueError(f"{run.path} is not a finished run (status {run.status().get('state', 'missing')!r}); "
                          f"only a finished run's final evaluation can be recorded again")
     if run.per_image.is_file():
         return run.per_image
-    cfg = TrainConfig.from_dict(json.loads(run.config.read_text()))  # from_dict sets the recorded "resolved" aside
+    cfg = TrainConfig.from_dict(run.read_config())  # from_dict sets the recorded "resolved" aside
     recorded = load_table(run.metrics)
     checkpoint = run.path / str(recorded.attrs.get("checkpoint", ""))
     if not checkpoint.is_file():

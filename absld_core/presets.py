@@ -57,6 +57,16 @@ def load_preset(preset: str, overrides: list[str] | dict | None = None) -> dict:
     unknown = set(spec) - set(SECTIONS)
     if unknown:
         raise StudyError(f"preset {path.name}: unknown section(s) {sorted(unknown)}; allowed: {', '.join(SECTIONS)}")
+    for section, kind, example in (("parameters", dict, "parameters: {seeds: [0]}"),
+                                   ("per_notebook", dict, "per_notebook: {03_students: {methods: [absld]}}"),
+                                   ("notebooks", list, "notebooks: [01_smoothness, 03_students]")):
+        if spec.get(section) is not None and not isinstance(spec[section], kind):
+            raise StudyError(f"preset {path.name}: {section}: {spec[section]!r} is invalid: a "
+                             f"{'mapping' if kind is dict else 'list'}, such as `{example}`")
+    for nb, values in (spec.get("per_notebook") or {}).items():
+        if values is not None and not isinstance(values, dict):
+            raise StudyError(f"preset {path.name}: per_notebook.{nb}: {values!r} is invalid: a mapping of "
+                             f"parameters, such as `{nb}: {{seeds: [0]}}`")
     spec = {**spec, "parameters": dict(spec.get("parameters") or {}),
             "per_notebook": {k: dict(v or {}) for k, v in (spec.get("per_notebook") or {}).items()}}
     spec["notebooks"] = list(spec.get("notebooks") or params.NOTEBOOKS)
@@ -143,8 +153,17 @@ def run_config(P: dict, name: str, method: dict, **over) -> dict:
     return apply_overrides(cfg, {k.replace("__", "."): v for k, v in over.items()})
 
 
+PGD20_READERS = ("01_smoothness_vs_fairness", "03_students")   # notebooks whose claims read pgd20
+
+
 def check_training_params(nb: str, P: dict) -> None:
     """Build the training config the notebook would build, so bad values fail before any work."""
+    if nb in PGD20_READERS and "test_attacks" in P:
+        attacks = P["test_attacks"]
+        names = [a.strip() for a in attacks.split(",")] if isinstance(attacks, str) else list(attacks or [])
+        if "pgd20" not in names:
+            raise StudyError(f"notebook {nb} compares the runs' PGD-20 results: test_attacks must include pgd20 "
+                             f"(now: {attacks!r})")
     if nb not in STUDY or "epochs" not in P or "dataset" not in P:
         return
     try:

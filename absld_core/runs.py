@@ -36,6 +36,19 @@ class RunLockedError(RuntimeError):
     """Another process is writing this run directory."""
 
 
+class RunRecordError(ValueError):
+    """A run's record file (config.json, status.json, history.jsonl) that is not valid JSON."""
+
+
+def read_json(path: Path) -> Any:
+    """A run record, with a broken file named (and what to do) instead of a bare JSONDecodeError."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise RunRecordError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}): the file is "
+                             f"damaged; restore it, or train the run again with --overwrite") from None
+
+
 def _clean(v: Any):
     """JSON-safe: NaN/inf become None, tensors and numpy values become lists and numbers."""
     if hasattr(v, "tolist"):
@@ -106,9 +119,14 @@ class RunDir:
         return RunLock(self.path / "run.lock")
 
     def status(self) -> dict:
+        """status.json; a "running" one that no process is writing (no holder of run.lock: the process was
+        killed, or its disk filled before it could record the failure) reads as "interrupted"."""
         if not self.status_file.is_file():
             return {}
-        return json.loads(self.status_file.read_text())
+        s = read_json(self.status_file)
+        if isinstance(s, dict) and s.get("state") == "running" and not _lock_held(self.path / "run.lock"):
+            return {**s, "state": "interrupted", "recorded_state": "running"}
+        return s
 
     def set_status(self, state: str, **info) -> None:
         write_json_atomic(self.status_file, {"state": state, **info})
@@ -119,7 +137,18 @@ class RunDir:
     def history(self) -> list[dict]:
         if not self.history_file.is_file():
             return []
-        return [json.loads(line) for line in self.history_file.read_text().splitlines() if line.strip()]
+        out = []
+        for i, line in enumerate(self.history_file.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise RunRecordError(f"{self.history_file} line {i} is not valid JSON ({e.msg}): the file is "
+                                         f"damaged; --resume rewrites it from last.pt") from None
+        return out
+
+    def read_config(self) -> dict:
+        return read_json(self.config)
 
     def append_history(self, record: dict) -> None:
         before = self.history_file.read_text() if self.history_file.is_file() else ""
@@ -132,6 +161,22 @@ class RunDir:
         if last_record is not None and not any(r["epoch"] == last_epoch for r in keep):
             keep.append(last_record)
         write_text_atomic(self.history_file, "".join(json.dumps(_clean(r)) + "\n" for r in keep))
+
+
+def _lock_held(path: Path) -> bool:
+    """Whether some process (this one included) holds the flock on path."""
+    if fcntl is None:
+        return True
+    try:
+        with open(path, "r") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+    except OSError:
+        return False
 
 
 class RunLock:
@@ -176,7 +221,7 @@ def load_run(path: str | os.PathLike) -> dict:
     run = RunDir(path)
     if not run.config.is_file():
         raise FileNotFoundError(f"{run.path} is not a run directory (no config.json)")
-    out = {"path": run.path, "config": json.loads(run.config.read_text()),
+    out = {"path": run.path, "config": run.read_config(),
            "history": pd.DataFrame(run.history()), "status": run.status(), "metrics": None}
     if run.metrics.is_file():
         out["metrics"] = load_table(run.metrics)

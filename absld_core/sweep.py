@@ -12,10 +12,13 @@ seconds per run). Afterwards `absld study --preset NAME` renders the notebooks f
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,12 +52,14 @@ class SweepResult:
 
     def summary(self) -> str:
         lines = [f"sweep: {self.count('done')} done, {self.count('failed')} failed, {self.count('skipped')} skipped "
-                 f"(already finished), {self.count('waiting')} not started (a dependency failed)"]
+                 f"(already finished), {self.count('elsewhere')} being trained elsewhere, {self.count('waiting')} "
+                 f"not started (a dependency did not finish)"
+                 + (f", {self.count('stopped')} stopped" if self.count("stopped") else "")]
         for o in self.outcomes.values():
             extra = f"{o.seconds:7.0f} s" if o.state == "done" else ""
             if o.state == "failed":
                 extra = f"{o.error}; run {o.run_dir}, log {o.log}"
-            elif o.state == "waiting":
+            elif o.state in ("waiting", "elsewhere", "stopped"):
                 extra = o.error
             lines.append(f"  {o.state:8s} {o.key:32s} {extra}")
         return "\n".join(lines)
@@ -122,10 +127,58 @@ def sweep(jobs: list[Job], executor: str = "local", *, workers: int | None = Non
             result.outcomes[j.key] = Outcome(j.key, "skipped", run_dir=str(j.run_dir))
         else:
             pending[j.key] = j
-    log(f"sweep: {len(jobs)} runs in the plan, {len(pending)} to train ({executor}, "
-        + (f"{workers} workers x {threads} thread(s))" if executor == "local" else "one Slurm job each)"))
     backend = _Local(workers, threads, log_root) if executor == "local" else _Submitit(threads, log_root, slurm or {})
+    log(f"sweep: {len(jobs)} runs in the plan, {len(pending)} to train ("
+        + (f"local, {workers} workers x {threads} thread(s))" if executor == "local" else backend.describe() + ")"))
     running: dict[str, tuple[object, float]] = {}
+    try:
+        with _terminate_on_sigterm():
+            _loop(jobs, pending, running, backend, result, log, poll)
+    except _Terminated:
+        for key, (handle, t0) in running.items():
+            backend.stop(handle)
+            result.outcomes[key] = Outcome(key, "stopped", time.time() - t0, str(jobs_by_key(jobs)[key].run_dir),
+                                           error="the sweep was stopped (SIGTERM); --resume-able from its last.pt")
+        for key, job in pending.items():
+            result.outcomes.setdefault(key, Outcome(key, "waiting", run_dir=str(job.run_dir),
+                                                    error="not started: the sweep was stopped"))
+        _record(result, log_root, log)
+        raise SystemExit(143) from None
+    _record(result, log_root, log)
+    return result
+
+
+class _Terminated(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _terminate_on_sigterm():
+    """SIGTERM (a scheduler ending the sweep, `kill`) becomes an exception in the loop, so that the
+    workers are stopped with it instead of being left running on their own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Terminated()
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _record(result: SweepResult, log_root: Path, log) -> None:
+    """This sweep's outcomes: sweeps/<time>-<pid>.json (one file per sweep, so that two sweeps at once
+    each keep what they did) and last_sweep.json (the latest)."""
+    log(result.summary())
+    record = {k: vars(o) for k, o in result.outcomes.items()}
+    write_json_atomic(log_root / "sweeps" / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.json", record)
+    write_json_atomic(log_root / "last_sweep.json", record)
+
+
+def _loop(jobs, pending, running, backend, result, log, poll) -> None:
     waited_for = {d for j in jobs for d in j.deps}  # start the jobs others wait for (teachers, references) first
     pending = dict(sorted(pending.items(), key=lambda kv: kv[0] not in waited_for))
     while pending or running:
@@ -135,12 +188,15 @@ def sweep(jobs: list[Job], executor: str = "local", *, workers: int | None = Non
                 continue
             del running[key]
             job = jobs_by_key(jobs)[key]
-            out = Outcome(key, "failed" if error else "done", time.time() - t0, str(job.run_dir),
-                          str(backend.log_of(job, handle)), error or "")
+            state = "elsewhere" if error == ELSEWHERE else "failed" if error else "done"
+            out = Outcome(key, state, time.time() - t0, str(job.run_dir), str(backend.log_of(job, handle)),
+                          "another process holds its run.lock (another sweep or notebook trains it)"
+                          if state == "elsewhere" else error or "")
             result.outcomes[key] = out
             log(f"  {out.state:6s} {key} ({out.seconds:.0f} s)" + (f": {error}; log {out.log}" if error else ""))
         for key, job in list(pending.items()):
-            failed = [d for d in job.deps if result.outcomes.get(d) and result.outcomes[d].state in ("failed", "waiting")]
+            failed = [d for d in job.deps
+                      if result.outcomes.get(d) and result.outcomes[d].state in ("failed", "waiting", "elsewhere")]
             if failed:
                 result.outcomes[key] = Outcome(key, "waiting", run_dir=str(job.run_dir),
                                                error=f"waits for {', '.join(failed)}, which did not finish")
@@ -153,9 +209,6 @@ def sweep(jobs: list[Job], executor: str = "local", *, workers: int | None = Non
                 del pending[key]
         if running:
             time.sleep(poll)
-    log(result.summary())
-    write_json_atomic(log_root / "last_sweep.json", {k: vars(o) for k, o in result.outcomes.items()})
-    return result
 
 
 def jobs_by_key(jobs: list[Job]) -> dict[str, Job]:
@@ -193,12 +246,31 @@ class _Local:
         f.close()
         if rc == 0:
             return True, None
+        if rc == ELSEWHERE_EXIT:
+            return True, ELSEWHERE
         tail = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()][-1:]
         why = f"exit status {rc}" if rc > 0 else f"killed by signal {-rc}"
         return True, why + (f" ({tail[0][:200]})" if tail and rc > 0 else "")
 
     def log_of(self, job: Job, handle) -> Path:
         return handle[2]
+
+    def stop(self, handle) -> None:
+        """SIGTERM to the worker (it ends its run through the failure path: status recorded, lock freed),
+        then SIGKILL if it has not ended within a minute."""
+        proc, f, _ = handle
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        f.close()
+
+
+_FLAG = {"gpus_per_node": "gpus", "partition": "partition", "account": "account", "qos": "qos"}
+ELSEWHERE, ELSEWHERE_EXIT = "elsewhere", 75   # a worker whose run another process holds (EX_TEMPFAIL)
 
 
 class _Submitit:
@@ -221,6 +293,13 @@ class _Submitit:
             if opts.get(k) is not None:
                 params[k] = opts.pop(k)
         opts = {k: v for k, v in opts.items() if v is not None}
+        slurm_only = {k: v for k, v in {**opts, **{k: params.get(k) for k in ("gpus_per_node",)}}.items()
+                      if v is not None and k in ("partition", "account", "qos", "gpus_per_node")}
+        if cluster is None and self.executor.cluster != "slurm" and slurm_only:
+            raise PlanError(f"--executor submitit found no Slurm here (sbatch is not on PATH) and would run every job "
+                            f"on this machine with its {self.executor.cluster} executor, ignoring "
+                            f"{', '.join('--' + _FLAG.get(k, k) for k in slurm_only)}: load Slurm (module load slurm) "
+                            f"on a login node, or ask for --executor submitit-local without them")
         if self.executor.cluster == "slurm":
             params.update({f"slurm_{k}": v for k, v in opts.items()})  # partition, account, qos, ...
             params["slurm_additional_parameters"] = {"requeue": True}
@@ -246,6 +325,13 @@ class _Submitit:
     def log_of(self, job: Job, handle) -> Path:
         return Path(handle.paths.stderr)
 
+    def describe(self) -> str:
+        return ("one Slurm job each" if self.executor.cluster == "slurm"
+                else f"submitit's {self.executor.cluster} executor: every job on this machine")
+
+    def stop(self, handle) -> None:
+        pass   # Slurm jobs are the scheduler's: they go on (scancel them to stop them)
+
 
 def _checkpointable_base():
     try:
@@ -264,8 +350,16 @@ class _Checkpointable(_checkpointable_base()):
 
 
 def main(argv: list[str]) -> int:
+    from .runs import RunLockedError
+
     payload = json.loads(Path(argv[0]).read_text())
-    print(run_payload(payload), flush=True)
+    # SIGTERM (the sweep stopping) ends the run through its normal failure path: status recorded, lock freed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        print(run_payload(payload), flush=True)
+    except RunLockedError as e:
+        print(f"error: {e}", flush=True)
+        return ELSEWHERE_EXIT
     return 0
 
 

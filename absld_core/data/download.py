@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import lzma
 import tarfile
+import zlib
 import urllib.request
 from pathlib import Path
 
@@ -83,8 +85,9 @@ def _safe_extract(archive: Path, into: Path) -> None:
     try:
         with tarfile.open(archive, "r:*") as tar:
             tar.extractall(into, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise DatasetError(f"archive {archive} is corrupted ({e}); delete it and download again") from e
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+        raise DatasetError(f"archive {archive} is corrupted ({type(e).__name__}: {e}); delete it and download "
+                           f"again") from e
 
 
 def ensure_files(name: str, root: Path, download: bool) -> Path:

@@ -12,6 +12,7 @@ import os
 import pickle
 import tarfile
 import warnings
+import lzma
 import zlib
 from pathlib import Path
 
@@ -82,10 +83,22 @@ def _pixels_u8(a, where: str) -> np.ndarray:
     return a
 
 
-def _cifar_arrays(batches: list[dict], label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    x = np.concatenate([_pixels_u8(b["data"], "CIFAR batch 'data'").reshape(-1, 3, 32, 32) for b in batches])
-    y = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
-    return x, y
+def _cifar_arrays(batches: list[dict], label_key: str, names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for i, b in enumerate(batches):
+        where = f"CIFAR batch {names[i] if names else i}"
+        if not isinstance(b, dict) or "data" not in b or label_key not in b:
+            raise DatasetError(f"{where} has no 'data' and {label_key!r} entries: not an official CIFAR batch")
+        a = _pixels_u8(b["data"], f"{where} 'data'")
+        if a.ndim != 2 or a.shape[1] != 3 * 32 * 32:
+            raise DatasetError(f"{where}: 'data' has shape {a.shape}; the official batches hold N x 3072 "
+                               f"(3 x 32 x 32 pixels per row)")
+        labels = np.asarray(b[label_key])
+        if labels.shape != (len(a),):
+            raise DatasetError(f"{where}: {len(a)} images but {labels.shape} labels")
+        xs.append(a.reshape(-1, 3, 32, 32))
+        ys.append(labels.astype(np.int64))
+    return np.concatenate(xs), np.concatenate(ys)
 
 
 def _official_folder(name: str, root: Path, download: bool, verify: bool, what: str) -> Path:
@@ -100,21 +113,22 @@ def _official_folder(name: str, root: Path, download: bool, verify: bool, what: 
 def read_cifar(name: str, root: Path, download: bool = False, verify: bool = True):
     folder = _official_folder(name, root, download, verify, name)
     if name == "cifar10":
-        train = [_unpickle(folder / f"data_batch_{i}") for i in range(1, 6)]
-        test = [_unpickle(folder / "test_batch")]
+        train_files, test_files = [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]
         classes = _unpickle(folder / "batches.meta")["label_names"]
         key = "labels"
     else:
-        train, test = [_unpickle(folder / "train")], [_unpickle(folder / "test")]
+        train_files, test_files = ["train"], ["test"]
         classes = _unpickle(folder / "meta")["fine_label_names"]
         key = "fine_labels"
+    train = [_unpickle(folder / f) for f in train_files]
+    test = [_unpickle(folder / f) for f in test_files]
     for part, batch in (("train", train), ("test", test)):
         for b in batch:
             if "data" not in b or key not in b:
                 raise DatasetError(f"{name} {part} pickle in {folder} lacks 'data' or '{key}': "
                                    f"not an official {name} python batch")
-    xtr, ytr = _cifar_arrays(train, key)
-    xte, yte = _cifar_arrays(test, key)
+    xtr, ytr = _cifar_arrays(train, key, [str(folder / f) for f in train_files])
+    xte, yte = _cifar_arrays(test, key, [str(folder / f) for f in test_files])
     return xtr, ytr, xte, yte, list(classes)
 
 
@@ -128,7 +142,10 @@ def _read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetError(f"{path} is corrupted or not an SVHN .mat file ({e})") from e
     if "X" not in m or "y" not in m:
         raise DatasetError(f"{path} has no 'X'/'y' arrays: not an official SVHN cropped-digits file")
-    x = np.ascontiguousarray(np.transpose(_pixels_u8(m["X"], f"{path} 'X'"), (3, 2, 0, 1)))
+    X = _pixels_u8(m["X"], f"{path} 'X'")
+    if X.ndim != 4 or X.shape[2] != 3:
+        raise DatasetError(f"{path}: 'X' has shape {X.shape}; the official SVHN files hold 32 x 32 x 3 x N")
+    x = np.ascontiguousarray(np.transpose(X, (3, 2, 0, 1)))
     y = m["y"].astype(np.int64).reshape(-1)
     y[y == 10] = 0  # SVHN stores digit 0 as label 10
     return x, y
@@ -174,7 +191,7 @@ def _iter_tar(path: Path):
                     raise DatasetError(f"archive {path} is truncated: {m.name} has {len(data)} of its "
                                        f"{m.size} bytes; copy or download the archive again")
                 yield m.name, data
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
         raise DatasetError(f"archive {path} is corrupted or not a tar archive ({type(e).__name__}: {e}); "
                            f"copy or download it again") from e
 
@@ -233,8 +250,15 @@ def read_imagefolder(root: Path, mode: str | None = None, cache: bool = True):
     for part in ("train", "test"):
         shapes = {a.shape for _, a in found[part]}
         if len(shapes) != 1:
-            raise DatasetError(f"images in {root}/{part} differ in size or channels ({sorted(shapes)[:3]}...); "
-                               f"resize them to one size first")
+            channels, sizes = {sh[0] for sh in shapes}, {sh[1:] for sh in shapes}
+            if len(channels) > 1:
+                what = (f"mix channel counts {sorted(channels)} (gray, RGB, RGBA): give "
+                        f"data.options.mode=RGB (or L) to convert every image")
+                if len(sizes) > 1:
+                    what += f", and differ in size {sorted(sizes)[:3]}: resize them to one size"
+            else:
+                what = f"differ in size ({sorted(sizes)[:3]}...): resize them to one size first"
+            raise DatasetError(f"images in {root}/{part} {what}")
         out.append(np.stack([a for _, a in found[part]]))
         out.append(np.array([index[c] for c, _ in found[part]], dtype=np.int64))
     result = (out[0], out[1], out[2], out[3], classes)
@@ -284,6 +308,11 @@ def read_synthetic(num_classes: int = 10, train_per_class: int = 64, test_per_cl
                    class_noise: list | None = None):
     """Seeded, learnable toy images: each class is a fixed random template plus Gaussian noise
     (std `noise`, or class_noise[c] for class c, which makes chosen classes harder)."""
+    for name, v, lo in (("num_classes", num_classes, 2), ("train_per_class", train_per_class, 1),
+                        ("test_per_class", test_per_class, 1), ("image_size", image_size, 1),
+                        ("channels", channels, 1), ("seed", seed, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"data.options.{name}={v!r} is invalid: an integer >= {lo}")
     rng = np.random.default_rng(seed)
     templates = rng.uniform(40, 215, size=(num_classes, channels, image_size, image_size))
 

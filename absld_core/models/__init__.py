@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from ..checks import InputError
 from .checkpoint import CheckpointError, check_fits, load_checkpoint, load_state_dict, save_checkpoint
 from .resnet import preact_resnet18, resnet18
 from .small import MobileNetV2, SmallCNN
@@ -53,6 +54,9 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, *, mean: Sequ
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+    for what, v in (("width", width), ("depth", depth)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise InputError(f"{what}={v!r} is invalid: a positive integer")
     if norm != "batch" and key != "small_cnn":
         raise ValueError(f"norm={norm!r} is only available for small_cnn")
     if key == "small_cnn":
@@ -90,6 +94,10 @@ def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.dev
         raise CheckpointError(f"checkpoint {path} does not record its architecture; pass arch= and "
                               f"num_classes= (CLI: --model NAME --num-classes N)")
     kw = {k: meta[k] for k in ("depth", "width", "mean", "std", "norm") if meta.get(k) is not None}
-    model = build_model(meta["arch"], int(meta["num_classes"]), int(meta.get("in_channels", 3)), **kw)
+    try:
+        model = build_model(meta["arch"], int(meta["num_classes"]), int(meta.get("in_channels", 3)), **kw)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path} records a model that cannot be built ({e}); pass the right "
+                              f"arch/width/depth (CLI: --model, --width, --depth) or use another checkpoint") from None
     load_state_dict(model, ckpt["model"], source=f"checkpoint {path}")
     return model.to(map_location), meta
