@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= smoke
 
-.PHONY: study test env bench lab board rehearse gpu-carry clean-runs
+.PHONY: study test test-fast env bench lab board rehearse gpu-carry clean-runs
 
 $(STAMP): requirements-cpu.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,12 @@ board: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir runs/$(PRESET) --bind_all
 
 test: $(STAMP)
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra --durations=15 tests
+
+# the quick subset: every test but the end-to-end ones marked `slow` (notebooks in a browser, whole
+# studies, the rehearsals); `make test` and CI run everything
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -ra -m "not slow" tests
 
 bench: $(STAMP)
 	$(PY) bench/attack_throughput.py

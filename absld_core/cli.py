@@ -36,8 +36,23 @@ def _train(args) -> int:
     if args.overwrite:
         cfg = cfg.replace(overwrite=True)
     run = train(cfg)
-    print(run)
+    print(run_summary(run))
     return 0
+
+
+def run_summary(run: Path) -> str:
+    """What a finished run ends with: per attack, Avg, Worst (and which class) and NSD on the test set,
+    then where the run is."""
+    from .evaluate import load_table
+
+    df = load_table(Path(run) / "metrics.json")
+    lines = [f"{df.attrs.get('run', Path(run).name)} ({df.attrs.get('method', '?')}), test set, "
+             f"{df.attrs.get('checkpoint', '?')}:"]
+    for attack, row in df.iterrows():
+        lines.append(f"  {attack:<12s} avg {row['avg']:5.1f}  worst {row['worst']:5.1f} (class {row['worst_class']})"
+                     f"  nsd {row['nsd']:.3f}")
+    lines.append(f"run: {run}")
+    return "\n".join(lines)
 
 
 def _eval(args) -> int:
@@ -71,7 +86,7 @@ def _eval(args) -> int:
                          f"(write 8/255, not 8)")
     device = check_device(args.device)
     checkpoint = _checkpoint_path(Path(args.checkpoint))
-    ds = load_dataset(args.dataset, args.root)
+    ds = load_dataset(args.dataset, args.root, **({"download": True} if args.download else {}))
     model, meta = model_from_checkpoint(checkpoint, device, defaults={"num_classes": ds.num_classes,
                                                                       "in_channels": ds.image_shape[0]},
                                         arch=args.model, num_classes=args.num_classes, width=args.width,
@@ -227,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run directory (its fair_best.pt)")
     e.add_argument("--dataset", required=True, help="cifar10, cifar100, svhn, imagefolder, digits, synthetic")
     e.add_argument("--root", default=None, help="dataset folder or archive")
+    e.add_argument("--download", action="store_true", help="fetch the official dataset files into --root "
+                   "(cifar10, cifar100, svhn; checked against their checksums)")
     e.add_argument("--attacks", default=",".join(DEFAULT_ATTACK.test_attacks),
                    help="comma list: clean,fgsm,pgdN,cwN,aa,aa:apgd-ce+... (default: %(default)s)")
     e.add_argument("--eps", type=fraction, default=DEFAULT_ATTACK.eps,
@@ -245,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_eval)
 
     s = sub.add_parser("study", help="run the notebooks of a preset with papermill", parents=[common])
-    s.add_argument("--preset", default="smoke", help="smoke, cifar10-cpu, paper, or a path to a preset YAML")
+    s.add_argument("--preset", default="smoke", help=f"{', '.join(_presets())}, or a path to a preset YAML")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset parameter")
     s.add_argument("--force", action="store_true", help="re-run notebooks even when nothing changed")
     s.add_argument("--out", default=".", help="where runs/ and figures/ go (default: here)")
@@ -258,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("sweep", help="train every run of a preset (local workers or Slurm via submitit)",
                        parents=[common])
-    w.add_argument("--preset", default="smoke", help="smoke, digits-paper, cifar10-cpu, paper, or a preset YAML")
+    w.add_argument("--preset", default="smoke", help=f"{', '.join(_presets())}, or a path to a preset YAML")
     w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset parameter")
     w.add_argument("--seeds", default=None, help="comma list of seeds (default: the preset's)")
     w.add_argument("--executor", default="local", choices=("local", "submitit", "submitit-local"),
@@ -290,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("methods", help="list the registered training methods and their options", parents=[common])
     m.set_defaults(func=_methods)
     return p
+
+
+def _presets() -> list[str]:
+    """The presets in presets/ (the help lists what is there, not a list kept by hand)."""
+    from .presets import known_presets
+    return known_presets()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,8 @@ from train_helpers import tiny
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="no Chromium/chromedriver installed")
+pytestmark = [pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="no Chromium/chromedriver installed"),
+              pytest.mark.slow]
 
 
 def _free_port() -> int:

@@ -8,7 +8,10 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 
 
 def test_the_gpu_check_rehearses_every_stage_on_the_cpu(tmp_path):

@@ -196,3 +196,25 @@ def test_a_run_evaluated_before_per_image_records_gets_them_recorded_again(tmp_p
     (run / "status.json").write_text(json.dumps({"state": "running", "epoch": 1}))
     with pytest.raises(ValueError, match="not a finished run"):
         record_per_image(run)
+
+
+def test_the_cost_in_claim_c_is_a_count_of_trained_examples_not_a_machine_timing(tmp_path):
+    """Claim (c) compares the adversarial examples HAM and PGD-AT trained on (an epoch's samples times
+    its kept fraction, summed): the seconds in the histories do not enter, so a summary written on
+    another machine (or the same one, busier) says the same."""
+    from absld_core.claims import student_claims, trained_examples
+
+    rng = np.random.default_rng(5)
+    runs = {"ham": {}, "pgd_at": {}}
+    labels = np.repeat(np.arange(2), 60)
+    for s in range(2):
+        for name, kept in (("ham", [1.0, 0.5, 0.25]), ("pgd_at", [None, None, None])):
+            p = fake_run(tmp_path / f"{name}{s}", labels, {"pgd20": rng.random(len(labels)) < 0.7})
+            (p / "config.json").write_text("{}")
+            hist = [{"epoch": e + 1, "samples": 100.0, "seconds": float(rng.uniform(1, 1000)),
+                     **({"kept_fraction": k} if k is not None else {})} for e, k in enumerate(kept)]
+            (p / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in hist))
+            runs[name][s] = p
+    assert trained_examples(runs["ham"]) == pytest.approx(175.0) and trained_examples(runs["pgd_at"]) == 300.0
+    (line,) = student_claims(runs, "pgd20", ["0", "1"])
+    assert "Adversarial examples trained on, HAM / PGD-AT: 0.58" in line and "seconds" not in line

@@ -158,6 +158,7 @@ def test_a_plugin_file_that_cannot_load_is_one_line_naming_it(tmp_path, body, ex
     assert "plugin_x.py" in lines[0] and __import__("re").search(expect, lines[0]), lines[0]
 
 
+@pytest.mark.slow
 def test_relative_plugin_and_preset_paths_survive_the_sweeps_change_of_directory(tmp_path):
     from test_spine import TOY, write_preset
 

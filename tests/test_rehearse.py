@@ -17,6 +17,7 @@ def test_cifar10_fixture_is_read_as_the_official_files(tmp_path):
     assert ds.classes[0] == "airplane" and sorted(ds.train_y.bincount().tolist()) == [3] * 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["paper", "cifar10-cpu"])
 def test_rehearsal_runs_every_notebook_and_reports_the_cost(tmp_path, preset):
     lines = []

@@ -115,6 +115,7 @@ def test_every_declared_parameter_reaches_a_notebook_and_no_name_is_declared_twi
         "ham_start_epoch": 4, "ham_early_steps": 2, "eta": 0.2}
 
 
+@pytest.mark.slow
 def test_a_notebook_opened_by_hand_takes_the_preset_it_names(tmp_path, monkeypatch):
     """The cell's values are the default preset's; naming another preset takes all of that preset's
     values, and a value changed in the cell wins over the preset."""
@@ -132,6 +133,7 @@ def test_a_notebook_opened_by_hand_takes_the_preset_it_names(tmp_path, monkeypat
 
 
 # ------------------------------------------------------------------------------------ notebooks on a study
+@pytest.mark.slow
 def test_executed_copy_of_04_reruns_from_where_papermill_wrote_it(study_copy, tmp_path):
     out, _ = study_copy
     before = run_records(out / "runs")
@@ -144,6 +146,7 @@ def test_executed_copy_of_04_reruns_from_where_papermill_wrote_it(study_copy, tm
     assert run_records(out / "runs") == before
 
 
+@pytest.mark.slow
 def test_changing_test_attacks_in_a_notebook_reevaluates_without_training(study_copy):
     out, preset = study_copy
     before = run_records(out / "runs")
@@ -163,6 +166,7 @@ def test_changing_test_attacks_in_a_notebook_reevaluates_without_training(study_
     assert {k: after[k] for k in untouched} == untouched
 
 
+@pytest.mark.slow
 def test_a_notebook_without_retrain_refuses_to_train_a_changed_run_and_names_it(study_copy):
     import papermill as pm
 
@@ -181,6 +185,7 @@ def test_a_notebook_without_retrain_refuses_to_train_a_changed_run_and_names_it(
     assert after["tiny/s0/student-trades/history.jsonl"] == before["tiny/s0/student-trades/history.jsonl"]
 
 
+@pytest.mark.slow
 def test_an_interrupted_notebook_leaves_every_finished_run_as_it_was(study_copy):
     """Notebook 03 with a third seed trains new runs; killed while it trains, the finished runs of
     seeds 0 and 1 keep every record."""
@@ -235,6 +240,7 @@ class ToyAT(Method):
 '''
 
 
+@pytest.mark.slow
 def test_a_study_knob_declared_in_a_method_file_reaches_it_through_the_sweep_and_the_notebook(tmp_path):
     """A toy method outside the package declares `toy_gain`; the preset sets it; `absld sweep` trains
     the run with gain 0.5, and notebook 03 then reuses that run (no retrain) with the same value."""

@@ -32,6 +32,7 @@ def smoke_study(tmp_path_factory):
     return out, rc, log
 
 
+@pytest.mark.slow
 def test_every_notebook_runs_and_leaves_runs_and_figures(smoke_study):
     out, rc, log = smoke_study
     assert rc == 0, "\n".join(log)
@@ -72,6 +73,7 @@ def test_every_notebook_runs_and_leaves_runs_and_figures(smoke_study):
     assert text.count("2 seeds") >= 6
 
 
+@pytest.mark.slow
 def test_notebooks_opened_from_the_notebooks_folder_find_the_study_runs(smoke_study, tmp_path, monkeypatch):
     """JupyterLab starts the kernel in notebooks/; a relative run_root must still mean the study root's
     runs/ folder (the repository's, where `make study` writes), not notebooks/runs/."""
@@ -107,6 +109,7 @@ def test_reading_notebooks_say_how_to_make_runs_when_there_are_none(tmp_path, nb
     assert e.value.ename == "StudyError" and "run notebooks 01-03 first, or `make study`" in e.value.evalue
 
 
+@pytest.mark.slow
 def test_rerun_skips_unchanged_and_says_why_it_reruns(smoke_study):
     out, rc, _ = smoke_study
     log = []
@@ -120,6 +123,7 @@ def test_rerun_skips_unchanged_and_says_why_it_reruns(smoke_study):
     assert sum("unchanged, skipped" in line for line in log) == 4
 
 
+@pytest.mark.slow
 def test_failing_notebook_stops_the_batch_and_keeps_finished_outputs(tmp_path):
     log = []
     bad = TINY + ["02_teacher.teacher_method=bogus"]
@@ -155,6 +159,7 @@ def test_presets_resolve():
         assert set(per_nb) == set(NOTEBOOKS)
 
 
+@pytest.mark.slow
 def test_explorer_in_interactive_mode_does_not_wait_for_input(smoke_study, tmp_path):
     import papermill as pm
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .download import OFFICIAL, DatasetError
+from .download import DOWNLOAD_HINT, OFFICIAL, DatasetError
 from .loader import BatchIterator, augment_batch
 from .sources import read_cifar, read_digits, read_imagefolder, read_svhn, read_synthetic
 
@@ -118,7 +118,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, download: 
     if key in ("cifar10", "cifar100", "svhn", "imagefolder") and root is None:
         raise DatasetError(f"dataset {key!r} needs root=: the folder holding its files"
                            + (" (or an archive)" if key == "imagefolder" else
-                              "; pass download=True to fetch the official release"))
+                              f"; or {DOWNLOAD_HINT}"))
     root_path = Path(root).expanduser() if root is not None else None
     try:
         if key in ("cifar10", "cifar100"):

@@ -11,6 +11,11 @@ from pathlib import Path
 from ..atomic import atomic_write
 
 
+# how to ask for the official files, in each place one can ask
+DOWNLOAD_HINT = ("fetch the official release with download=True (absld eval: --download; a training config: "
+                 "data.options.download: true)")
+
+
 class DatasetError(ValueError):
     """A dataset could not be found, read or used; the message says what and how to fix it."""
 
@@ -113,7 +118,7 @@ def ensure_files(name: str, root: Path, download: bool) -> Path:
                 return folder
             raise DatasetError(f"archive {archive} does not contain {spec['folder']}/ with "
                                f"{', '.join(spec['files'])}; it is not the official {name} archive")
-        how = f"pass download=True, or download {spec['url']} into {root}"
+        how = f"{DOWNLOAD_HINT}, or download {spec['url']} into {root}"
     else:  # SVHN: one file per split
         if download:
             folder = root / spec["folder"]
@@ -121,6 +126,6 @@ def ensure_files(name: str, root: Path, download: bool) -> Path:
                 if not (folder / fname).is_file():
                     _fetch(url, folder / fname, spec["files"][fname])
             return folder
-        how = "pass download=True, or download " + " and ".join(spec["urls"].values()) + f" into {root}"
+        how = f"{DOWNLOAD_HINT}, or download " + " and ".join(spec["urls"].values()) + f" into {root}"
     missing = [f for f in spec["files"] if not (candidates[0] / f).is_file()]
     raise DatasetError(f"{name}: missing {', '.join(missing)} under {candidates[0]} (or {root}); {how}")

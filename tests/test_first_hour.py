@@ -1,0 +1,40 @@
+"""What a newcomer meets first (part of the README issue): `absld train` ends with the run's class-wise
+summary, `absld eval` can fetch its dataset, the help lists the presets that exist."""
+import subprocess
+import sys
+
+import yaml
+
+from absld_core.presets import known_presets
+from train_helpers import tiny
+
+CLI = [sys.executable, "-m", "absld_core.cli"]
+
+
+def test_absld_train_ends_with_the_runs_class_wise_summary(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny("first", "pgd_at", tmp_path / "runs", optim__epochs=1)))
+    r = subprocess.run(CLI + ["train", "--config", str(cfg)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].startswith("first (pgd_at), test set, fair_best.pt:")
+    for attack in ("clean", "pgd5"):
+        row = next(ln for ln in lines if ln.strip().startswith(attack))
+        assert " avg " in row and " worst " in row and "(class " in row and " nsd " in row
+    assert lines[-1] == f"run: {tmp_path / 'runs' / 'first'}"
+
+
+def test_absld_eval_offers_download_and_the_missing_files_say_so(tmp_path):
+    help_text = subprocess.run(CLI + ["eval", "--help"], capture_output=True, text=True, timeout=60).stdout
+    assert "--download" in help_text
+    r = subprocess.run(CLI + ["eval", "--checkpoint", str(tmp_path / "x.pt"), "--dataset", "cifar10", "--root",
+                              str(tmp_path / "none")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "absld eval: --download" in r.stderr, r.stderr
+
+
+def test_the_study_help_lists_every_preset_in_presets():
+    help_text = " ".join(subprocess.run(CLI + ["study", "--help"], capture_output=True, text=True,
+                                        timeout=60).stdout.split())
+    for name in known_presets():
+        assert name in help_text, name
+    assert "digits-paper" in known_presets()
