@@ -3,7 +3,6 @@ method under one budget, and the comparison tables built from run directories al
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
