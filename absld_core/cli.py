@@ -336,6 +336,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, usage) else 1
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        print("stopped (Ctrl-C): finished epochs, runs and notebooks are kept; the same command continues "
+              "from there", file=sys.stderr)
+        return 130
     except OSError as e:   # the disk: full, read-only, not allowed
         if args.debug:
             traceback.print_exc()

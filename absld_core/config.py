@@ -454,9 +454,10 @@ def _build(cls, d: dict, prefix: str, what: str | None = None):
             v = _build(_NESTED[k], v, f"{prefix}{k}.")
         elif k in _NESTED and v is not None and not isinstance(v, _NESTED[k]):
             raise _not_a_section(f"{prefix}{k}", v, _SECTION_EXAMPLES[k])
-        elif str(known[k].type) == "bool" and not isinstance(v, bool):
+        elif str(known[k].type) in ("bool", "bool | None") and not isinstance(v, bool) and not (
+                v is None and str(known[k].type) == "bool | None"):
             raise invalid(f"{prefix}{k}", v, "must be true or false (unquoted; a quoted 'false', 0/1 or 'no' is "
-                                             "not a boolean)")
+                                             "not a boolean)" + (", or null" if "None" in str(known[k].type) else ""))
         elif isinstance(v, str) and str(known[k].type).startswith("tuple"):
             # a comma list as people type it on a command line: clean,pgd5 or 215,260,285
             v = tuple(yaml_load(t.strip(), f"{prefix}{k}") for t in v.split(",") if t.strip())

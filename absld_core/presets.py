@@ -127,10 +127,30 @@ def notebook_parameters(preset: str, notebook: str, changes: dict | None = None)
 
 
 # ------------------------------------------------------------------------------------ run configs
+_INTS = ("seed", "eval_every", "val_per_class", "pad", "steps", "epochs", "batch_size")
+_NUMBERS = ("lr", "eps_255", "alpha_255", "eval_alpha_255")
+
+
+def _check_kinds(P: dict) -> None:
+    """The study parameters run_config converts (int(), float(), bool()) have the kind it expects: a
+    conversion would read 'ten' as a crash and a quoted 'false' as true."""
+    for key in _INTS:
+        v = P.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise StudyError(f"parameter {key}={v!r} is invalid: an integer")
+    for key in _NUMBERS:
+        v = P.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise StudyError(f"parameter {key}={v!r} is invalid: a number")
+    if P.get("augment") is not None and not isinstance(P["augment"], bool):
+        raise StudyError(f"parameter augment={P['augment']!r} is invalid: true or false")
+
+
 def run_config(P: dict, name: str, method: dict, **over) -> dict:
     """A training config (dict) from study parameters P; `over` sets nested fields (optim__epochs=3
     for optim.epochs)."""
     d = AttackConfig()  # the one place of the attack defaults
+    _check_kinds(P)
     attacks = lambda s: [a.strip() for a in str(s).split(",") if a.strip()]  # noqa: E731
     per255 = lambda key, default: float(P[key]) / 255 if P.get(key) is not None else default  # noqa: E731
     cfg = {

@@ -2,11 +2,12 @@
 
     absld study --preset paper --rehearse
 
-The rehearsal runs the preset's own notebooks, configuration and code paths (architectures and
-widths, teacher -> students, the lr schedule with its milestones mapped onto the shortened run,
+The rehearsal runs the preset's own notebooks, configuration and code paths (architectures,
+teacher -> students, the lr schedule with its milestones mapped onto the shortened run,
 validation and checkpoint selection, every evaluation attack including standard AutoAttack, every
 figure) and shrinks only what must shrink for a CPU: REHEARSAL below (a few batches per epoch, a
-handful of epochs, tiny evaluation subsets, AutoAttack's iterations and Square queries, device cpu). Datasets
+handful of epochs, tiny evaluation subsets, AutoAttack's iterations and Square queries, device cpu)
+and the widths (NARROW: channels, not code paths; the WRN-34 teacher stays 34 layers deep). Datasets
 that are official files (CIFAR-10/100) are written as small fixtures in the official format, from
 the JPEG copy in ../shared/data when it is there, else from synthetic images. Everything goes to
 <out>/rehearse/ (runs/ and figures/ of the preset), never into the real runs.
@@ -31,6 +32,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import params, plan, study
+from .runs import write_json_atomic
 
 SHARED_JPEG = study.ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 # what a rehearsal shrinks (the preset keeps everything else); milestones scale with the epochs
@@ -233,10 +235,12 @@ def step_cost(cfg_dict: dict, teacher_model: dict | None, num_classes: int, imag
             "state_bytes": 4 * (3 * n_params + t_params), "params": n_params, "teacher_params": t_params}
 
 
-def cost_report(jobs: list[plan.Job], tflops: float = 100.0, shape_hint: tuple | None = None) -> list[dict]:
+def cost_report(jobs: list[plan.Job], tflops: float = 100.0, shape_hint: tuple | None = None,
+                log=None) -> list[dict]:
     """Per training of the real plan: epochs, steps, FLOPs per step / epoch / in all, memory per batch,
     and a time estimate at `tflops` sustained (an assumption, stated as such). shape_hint: (classes,
-    image shape) of an image folder, so that its size follows from train_per_class without decoding it."""
+    image shape) of an image folder, so that its size follows from train_per_class without decoding it.
+    log: a line per step counted (each distinct method, model and batch is counted once)."""
     rows, cache = [], {}
     teachers = {j.key: j.config["model"] for j in jobs if j.label in ("teacher", "reference")}
     for j in jobs:
@@ -261,6 +265,9 @@ def cost_report(jobs: list[plan.Job], tflops: float = 100.0, shape_hint: tuple |
                          sort_keys=True, default=str)  # runs that differ only in name, seed or teacher path share a probe
         key = key.replace(str(cfg["method"].get("teacher", {}).get("checkpoint", "")), "")
         if key not in cache:
+            if log is not None:
+                log(f"  counting one training step of {cfg['method']['name']} on {cfg['model']['arch']} "
+                    f"(probe {len(cache) + 1}, for {j.key})")
             cache[key] = step_cost(cfg, teacher_model, C, shape)
         c = cache[key]
         batch, epochs = cfg["optim"]["batch_size"], cfg["optim"]["epochs"]
@@ -293,10 +300,30 @@ def format_report(rows: list[dict], tflops: float) -> str:
     return "\n".join(lines)
 
 
+# a width is a number of channels, not a code path: the rehearsal trains the preset's architectures
+# (the same classes, layers and depth) at these widths; the cost table uses the real ones
+NARROW = {"wrn": 1, "small_cnn": 8}
+
+
+def _narrow_widths(spec: dict) -> list[str]:
+    """Overrides that narrow the students' and the teacher's widths for the rehearsal (WRN widen
+    factor 1, small CNN 8 channels); an external teacher checkpoint keeps its own."""
+    P = {**params.defaults(), **spec["parameters"]}
+    out = []
+    if P.get("arch") in NARROW and P.get("width") is not None and P["width"] > NARROW[P["arch"]]:
+        out.append(f"width={NARROW[P['arch']]}")
+    T = {**P, **spec["per_notebook"].get("02_teacher", {})}
+    if (T.get("teacher_checkpoint") is None and T.get("teacher_arch") in NARROW
+            and T.get("teacher_width") is not None and T["teacher_width"] > NARROW[T["teacher_arch"]]):
+        out.append(f"02_teacher.teacher_width={NARROW[T['teacher_arch']]}")
+    return out
+
+
 # ------------------------------------------------------------------------------------ the rehearsal
 def rehearsal_overrides(spec: dict, out: Path) -> list[str]:
     """The overrides that shrink a preset for a CPU: REHEARSAL, per-notebook epochs, data fixtures."""
     over = [f"{k}={v}" for k, v in REHEARSAL.items()]
+    over += _narrow_widths(spec)
     for nb, values in PER_NOTEBOOK.items():
         if nb in spec["notebooks"]:
             declared = {p.name for p in params.for_notebook(nb)}
@@ -336,9 +363,21 @@ def rehearse(preset: str, overrides: list[str] | None = None, out_root: str | Pa
         from .data import load_dataset
         ds = load_dataset("imagefolder", root[0], cache=False)
         hint = (ds.num_classes, ds.image_shape)
-    log(format_report(cost_report(real, tflops, hint), tflops))
-    log(f"\nrehearsal of {spec['name']!r} on the CPU ({', '.join(shrink)}) -> {out}")
+    clock = out / "rehearsal_time.json"   # the time of earlier calls that did not finish (a resumed rehearsal)
+    earlier = json.loads(clock.read_text()) if clock.is_file() else {"seconds": 0.0, "calls": 0}
     t0 = time.time()
-    rc = study.run_study(preset, overrides + shrink, force=False, out_root=out, log=log)
-    log(f"rehearsal {'passed' if rc == 0 else 'FAILED'} in {time.time() - t0:.0f} s")
+    rc = None
+    try:
+        log(f"cost of the real run: counting one training step per distinct method and model ({len(real)} runs)")
+        log(format_report(cost_report(real, tflops, hint, log=log), tflops))
+        log(f"\nrehearsal of {spec['name']!r} on the CPU ({', '.join(shrink)}) -> {out}")
+        rc = study.run_study(preset, overrides + shrink, force=False, out_root=out, log=log)
+    finally:
+        total, calls = earlier["seconds"] + time.time() - t0, earlier["calls"] + 1
+        if rc == 0:
+            clock.unlink(missing_ok=True)
+        else:
+            write_json_atomic(clock, {"seconds": total, "calls": calls})
+    log(f"rehearsal {'passed' if rc == 0 else 'FAILED'} in {total:.0f} s"
+        + (f" over {calls} calls (this one {time.time() - t0:.0f} s)" if calls > 1 else ""))
     return rc

@@ -38,3 +38,41 @@ def test_the_study_help_lists_every_preset_in_presets():
     for name in known_presets():
         assert name in help_text, name
     assert "digits-paper" in known_presets()
+
+
+def test_ctrl_c_is_one_line_and_says_the_command_continues(monkeypatch, capsys):
+    from absld_core import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "_study", interrupted)   # the parser binds the command when main builds it
+    assert cli.main(["study", "--preset", "smoke"]) == 130
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("stopped (Ctrl-C)") and "continues" in err[0]
+
+
+def test_the_rehearsal_counts_progress_and_reports_the_time_over_every_call(tmp_path, monkeypatch):
+    """A rehearsal stopped and run again reports the time of both calls; the cost table says what it
+    counts while it counts."""
+    import time
+
+    from absld_core import rehearse as R
+    from absld_core import study
+
+    monkeypatch.setattr(R, "step_cost", lambda *a, **k: {"flops_per_image": 1e6, "state_bytes": 10,
+                                                        "saved_bytes_per_image": 10})
+    outcomes = iter([1, 0])
+
+    def run_study(*a, **k):
+        time.sleep(1.1)
+        return next(outcomes)
+    monkeypatch.setattr(study, "run_study", run_study)
+    first, second = [], []
+    assert R.rehearse("smoke", out_root=tmp_path, log=first.append) == 1
+    assert any(line.startswith("  counting one training step of") for line in first)
+    assert first[-1].startswith("rehearsal FAILED in")
+    assert R.rehearse("smoke", out_root=tmp_path, log=second.append) == 0
+    import re
+    m = re.match(r"rehearsal passed in (\d+) s over 2 calls \(this one (\d+) s\)", second[-1])
+    assert m and int(m.group(1)) >= 2 and int(m.group(1)) > int(m.group(2)), second[-1]
+    assert not (tmp_path / "rehearse" / "rehearsal_time.json").exists()   # a passed rehearsal starts afresh

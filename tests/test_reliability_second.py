@@ -17,6 +17,7 @@ from absld_core.data import sources
 @pytest.mark.parametrize("over, field", [
     ({"data": {"augment": "false"}}, "data.augment"),
     ({"compile": "maybe"}, "compile"),
+    ({"channels_last": 3}, "channels_last"),
     ({"progress": "no"}, "progress"),
     ({"resume": "no"}, "resume"),
     ({"eval_every_epoch_after_decay": 2}, "eval_every_epoch_after_decay"),
@@ -126,6 +127,15 @@ def test_preset_sections_of_the_wrong_kind_are_one_line(tmp_path, body, match):
     path.write_text(body)
     with pytest.raises(StudyError, match=match):
         load_preset(str(path))
+
+
+@pytest.mark.parametrize("over, match", [("epochs=ten", "parameter epochs='ten' is invalid: an integer"),
+                                         ('augment="false"', "parameter augment='false' is invalid: true or false"),
+                                         ("lr=fast", "parameter lr='fast' is invalid: a number")])
+def test_a_study_parameter_of_the_wrong_kind_is_named(over, match):
+    from absld_core.presets import StudyError, load_preset, resolve_parameters
+    with pytest.raises(StudyError, match=match):
+        resolve_parameters(load_preset("smoke", [over]))
 
 
 def test_the_study_refuses_up_front_what_would_fail_after_training(tmp_path):

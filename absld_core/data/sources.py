@@ -312,7 +312,7 @@ def read_synthetic(num_classes: int = 10, train_per_class: int = 64, test_per_cl
                         ("test_per_class", test_per_class, 1), ("image_size", image_size, 1),
                         ("channels", channels, 1), ("seed", seed, 0)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"data.options.{name}={v!r} is invalid: an integer >= {lo}")
+            raise DatasetError(f"data.options.{name}={v!r} is invalid: an integer >= {lo}")
     rng = np.random.default_rng(seed)
     templates = rng.uniform(40, 215, size=(num_classes, channels, image_size, image_size))
 
