@@ -164,19 +164,19 @@ class RunDir:
 
 
 def _lock_held(path: Path) -> bool:
-    """Whether some process (this one included) holds the flock on path."""
-    if fcntl is None:
-        return True
+    """Whether the process whose pid run.lock names (its last writer) is alive. Read only, never a
+    lock attempt: probing with flock could make a writer starting at that moment see the run taken."""
     try:
-        with open(path, "r") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return True
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return False
-    except OSError:
+        pid = int(Path(path).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
         return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True   # alive, another user's
+    return True
 
 
 class RunLock:
@@ -203,6 +203,12 @@ class RunLock:
 
     def release(self) -> None:
         if not self._f.closed:
+            try:   # no writer any more: a status left at "running" (a failure a full disk kept out) reads interrupted
+                self._f.seek(0)
+                self._f.truncate()
+                self._f.flush()
+            except OSError:
+                pass
             if fcntl is not None:
                 fcntl.flock(self._f, fcntl.LOCK_UN)
             self._f.close()
