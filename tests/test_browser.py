@@ -75,8 +75,21 @@ def lab_on_tiny_study(tmp_path):
     yield from _jupyterlab(tmp_path)
 
 
+def _lab_settings(config_dir: Path) -> None:
+    """Every cell rendered (windowing off: with JupyterLab's default 'contentVisibility' a cell scrolled
+    out of view has no visible prompt text, and a notebook whose outputs grow looks unfinished), and no
+    news pop-up over the page."""
+    user = config_dir / "lab" / "user-settings" / "@jupyterlab"
+    for ext, name, settings in (("notebook-extension", "tracker", {"windowingMode": "none"}),
+                                ("apputils-extension", "notification", {"fetchNews": "false",
+                                                                        "checkForUpdates": False})):
+        (user / ext).mkdir(parents=True, exist_ok=True)
+        (user / ext / f"{name}.jupyterlab-settings").write_text(json.dumps(settings))
+
+
 def _jupyterlab(tmp_path):
     port, token = _free_port(), "absldtest"
+    _lab_settings(tmp_path / "jcfg")
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "jcfg"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "jrt")}
     proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
                              f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}",
