@@ -44,8 +44,13 @@ def run_summary(run: Path) -> str:
     """What a finished run ends with: per attack, Avg, Worst (and which class) and NSD on the test set,
     then where the run is."""
     from .evaluate import load_table
+    from .runs import RunDir
 
-    df = load_table(Path(run) / "metrics.json")
+    rd = RunDir(run)
+    if not rd.finished():   # stopped on purpose (stop_after), resumable
+        st = rd.status()
+        return f"{st.get('state', 'unfinished')} after epoch {st.get('epoch', '?')} (continue with --resume)\nrun: {run}"
+    df = load_table(rd.metrics)
     lines = [f"{df.attrs.get('run', Path(run).name)} ({df.attrs.get('method', '?')}), test set, "
              f"{df.attrs.get('checkpoint', '?')}:"]
     for attack, row in df.iterrows():

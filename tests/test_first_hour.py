@@ -76,3 +76,12 @@ def test_the_rehearsal_counts_progress_and_reports_the_time_over_every_call(tmp_
     m = re.match(r"rehearsal passed in (\d+) s over 2 calls \(this one (\d+) s\)", second[-1])
     assert m and int(m.group(1)) >= 2 and int(m.group(1)) > int(m.group(2)), second[-1]
     assert not (tmp_path / "rehearse" / "rehearsal_time.json").exists()   # a passed rehearsal starts afresh
+
+
+def test_a_run_stopped_on_purpose_ends_by_saying_how_to_continue(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny("part", "pgd_at", tmp_path / "runs", optim__epochs=2, stop_after=1)))
+    r = subprocess.run(CLI + ["train", "--config", str(cfg)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines() == ["stopped after epoch 1 (continue with --resume)",
+                                             f"run: {tmp_path / 'runs' / 'part'}"]
