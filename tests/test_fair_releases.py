@@ -103,19 +103,27 @@ def release_cfa_pgd_step(model, opt, x, y, class_eps, alpha, steps, start):
     return (x + delta).detach(), loss.detach()
 
 
-def release_cfa_trades_step(model, opt, x, y, class_eps, class_beta, alpha, steps, noise):
-    """attack.py cw_trades_loss: the KL attack in eval mode; in train mode the clean pass, the
-    adversarial pass and a third clean pass for the KL target; then the logging pass."""
-    e = class_eps[y].view(-1, 1, 1, 1)
+def release_trades_attack(model, x, radius, step, steps, noise):
+    """The TRADES KL attack both releases use (CFA's cw_trades_loss, FRL's trades_adv): eval mode, start
+    x + 0.001 noise, signed steps on the summed KL to the clean prediction, per-sample radius; the model
+    is left in train mode, as both leave it."""
     model.eval()
     x_adv = x + 0.001 * noise
     for _ in range(steps):
         x_adv.requires_grad_(True)
         kl = F.kl_div(F.log_softmax(model(x_adv), 1), F.softmax(model(x), 1), reduction="sum")
         (g,) = torch.autograd.grad(kl, x_adv)
-        x_adv = x_adv.detach() + alpha * g.sign()
-        x_adv = torch.min(torch.max(x_adv, x - e), x + e).clamp(0, 1)
+        x_adv = x_adv.detach() + step * g.sign()
+        x_adv = torch.min(torch.max(x_adv, x - radius), x + radius).clamp(0, 1)
     model.train()
+    return x_adv
+
+
+def release_cfa_trades_step(model, opt, x, y, class_eps, class_beta, alpha, steps, noise):
+    """attack.py cw_trades_loss: the KL attack in eval mode; in train mode the clean pass, the
+    adversarial pass and a third clean pass for the KL target; then the logging pass."""
+    e = class_eps[y].view(-1, 1, 1, 1)
+    x_adv = release_trades_attack(model, x, e, alpha, steps, noise)
     n = len(x)
     loss_nat = F.cross_entropy(model(x), y, reduction="none") / n
     robust = model(x_adv)
@@ -171,15 +179,7 @@ def release_frl_step(model, opt, x, y, w0, w1, w2, eps, alpha, steps, beta, nois
     max(radius) / 4), then in train mode CE(model(x)), KL(model(x_adv) || softmax(model(x)))."""
     new_eps = (eps * w2[y]).view(-1, 1, 1, 1)
     step = new_eps.max() / 4 if remargin else alpha
-    model.eval()
-    x_adv = x + 0.001 * noise
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        kl = F.kl_div(F.log_softmax(model(x_adv), 1), F.softmax(model(x), 1), reduction="sum")
-        (g,) = torch.autograd.grad(kl, x_adv)
-        x_adv = x_adv.detach() + step * g.sign()
-        x_adv = torch.min(torch.max(x_adv, x - new_eps), x + new_eps).clamp(0, 1)
-    model.train()
+    x_adv = release_trades_attack(model, x, new_eps, step, steps, noise)
     opt.zero_grad()
     loss_nat = F.cross_entropy(model(x), y, reduction="none")
     loss_bndy = F.kl_div(F.log_softmax(model(x_adv), 1), F.softmax(model(x), 1), reduction="none").sum(1)
