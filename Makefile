@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= smoke
 
-.PHONY: study test test-fast env bench lab board rehearse gpu-carry clean-runs
+.PHONY: study test test-fast env bench lab board rehearse gpu-carry clean-runs quotes
 
 $(STAMP): requirements-cpu.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ test: $(STAMP)
 # studies, the rehearsals); `make test` and CI run everything
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow" tests
+
+# rewrite the README's and docs/' quoted results from the generated files they quote (a test checks them)
+quotes: $(STAMP)
+	$(PY) -m absld_core.quotes
 
 bench: $(STAMP)
 	$(PY) bench/attack_throughput.py

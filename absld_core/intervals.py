@@ -163,7 +163,7 @@ class Difference:
     b: str
     attack: str
     seeds: list[int]
-    table: pd.DataFrame          # rows: avg, worst, nsd, class names; columns: diff, lo, hi
+    table: pd.DataFrame          # rows: avg, worst, nsd, class names; columns: diff, lo, hi (and a, b: each side)
 
     def __getitem__(self, metric: str) -> tuple[float, float, float]:
         r = self.table.loc[metric]
@@ -172,6 +172,26 @@ class Difference:
     def distinguishable(self, metric: str) -> bool:
         _, lo, hi = self[metric]
         return lo > 0 or hi < 0
+
+    def degenerate(self, metric: str) -> str | None:
+        """'0%' or '100%' when both sides sit there on every test image of every seed (an accuracy that
+        cannot move, so the difference carries no information), 'undefined' for an NSD of two runs at 0%
+        everywhere, '<v> on every resample' for two NSDs that never differ; else None."""
+        if "a" not in self.table or "b" not in self.table:
+            return None
+        r = self.table.loc[metric]
+        a, b = float(r["a"]), float(r["b"])
+        if metric == "nsd":
+            if np.isnan(a) and np.isnan(b):
+                return "undefined"
+            if a == b and float(r["lo"]) == float(r["hi"]) == 0.0:
+                return f"{a:.3f} on every resample"
+            return None
+        if float(r["lo"]) == float(r["hi"]) == 0.0:
+            for edge in (0.0, 100.0):
+                if a == b == edge:
+                    return f"{edge:.0f}%"
+        return None
 
 
 def paired_difference(a: Mapping[int, str | Path], b: Mapping[int, str | Path], attack: str = "pgd20",
@@ -185,11 +205,11 @@ def paired_difference(a: Mapping[int, str | Path], b: Mapping[int, str | Path], 
     cls = classes or [str(c) for c in range(C)]
     rows = {}
     for m in METRICS:
-        rows[m] = _interval(out[na][m] - out[nb][m])
+        rows[m] = (*_interval(out[na][m] - out[nb][m]), out[na][m][0], out[nb][m][0])
     obs, lo, hi = _interval(out[na]["classes"] - out[nb]["classes"])
     for i, c in enumerate(cls):
-        rows[c] = (obs[i], lo[i], hi[i])
-    table = pd.DataFrame.from_dict(rows, orient="index", columns=["diff", "lo", "hi"])
+        rows[c] = (obs[i], lo[i], hi[i], out[na]["classes"][0][i], out[nb]["classes"][0][i])
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["diff", "lo", "hi", "a", "b"])
     return Difference(names[0], names[1], attack, seeds, table)
 
 
@@ -197,28 +217,61 @@ METRIC_WORDS = {"avg": "average", "worst": "worst-class", "nsd": "NSD"}
 
 
 def describe(d: Difference, metric: str, a: str | None = None, b: str | None = None) -> str:
-    """'ABSLD - RSLAD, worst-class PGD-20: +3.1 points (95% CI -2.0 to +8.2): not distinguishable at
-    this budget (n seeds)', computed from the interval."""
+    """'ABSLD - RSLAD, worst-class PGD-20: +3.1 points (95% CI -2.0 to +8.2; 5 seeds): not
+    distinguishable at this budget', computed from the interval; a pair whose two sides cannot move
+    ('both at 0%') is said to carry no information instead of a difference of 0."""
     diff, lo, hi = d[metric]
     what = METRIC_WORDS.get(metric, f"class {metric}")
     unit = "" if metric == "nsd" else " points"
     fmt = "{:+.3f}" if metric == "nsd" else "{:+.1f}"
-
+    a, b = a or d.a, b or d.b
     attack = attack_label(d.attack)
-    text = (f"{a or d.a} - {b or d.b}, {what} {attack}: {fmt.format(diff)}{unit} "
-            f"(95% CI {fmt.format(lo)} to {fmt.format(hi)}; {len(d.seeds)} seed{'s' if len(d.seeds) > 1 else ''})")
+    seeds = f"{len(d.seeds)} seed{'s' if len(d.seeds) > 1 else ''}"
+    edge = d.degenerate(metric)
+    if edge == "undefined":
+        return f"{a} - {b}, {what} {attack}: both at 0% on every class, NSD undefined ({seeds}): no information"
+    if edge is not None:
+        return f"{a} - {b}, {what} {attack}: both at {edge} ({seeds}): no information"
+    digits = 3 if metric == "nsd" else 1
+    sign = lambda v: fmt.format(round(v, digits) + 0.0)  # noqa: E731  (no "-0.0")
+    text = f"{a} - {b}, {what} {attack}: {sign(diff)}{unit} (95% CI {sign(lo)} to {sign(hi)}; {seeds})"
     if lo <= 0 <= hi:
         return text + ": not distinguishable at this budget"
     better = (diff < 0) if metric == "nsd" else (diff > 0)
-    return text + (f": {a or d.a} is better" if better else f": {b or d.b} is better")
+    return text + (f": {a} is better" if better else f": {b} is better")
+
+
+PLAIN_VERDICT_SEEDS = 3  # a claim reads a plain "holds" only over at least this many training runs
+
+
+def scope(n_seeds: int) -> str:
+    """What an interval over n seeds covers, in words."""
+    if n_seeds <= 1:
+        return "the interval covers test images, not retraining"
+    if n_seeds < PLAIN_VERDICT_SEEDS:
+        return f"{n_seeds} seeds: too few retrainings for a plain verdict"
+    return f"{n_seeds} seeds: the interval covers retraining and test images"
+
+
+def verdict(ok: bool, n_seeds: int) -> str:
+    """A claim's verdict worded by what its interval covers: '**holds**' needs at least three seeds; with
+    one, '**holds on this one training run** (the interval covers test images, not retraining)'."""
+    if not ok:
+        return "**not shown**"
+    if n_seeds >= PLAIN_VERDICT_SEEDS:
+        return "**holds**"
+    runs = "this one training run" if n_seeds <= 1 else f"these {n_seeds} training runs"
+    return f"**holds on {runs}** ({scope(n_seeds)})"
 
 
 def format_ci(table: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
-    """A summary of `summarise` for display: 'mean [lo, hi]' per metric."""
+    """A summary of `summarise` for display: 'mean [lo, hi]' per metric, the rows in display names."""
+    from .labels import display
+
     out = {}
     for m in metrics:
         f = "{:.3f} [{:.3f}, {:.3f}]" if m == "nsd" else "{:.1f} [{:.1f}, {:.1f}]"
         out[m] = [f.format(r[m], r[f"{m}_lo"], r[f"{m}_hi"]) for _, r in table.iterrows()]
-    df = pd.DataFrame(out, index=table.index)
-    df.insert(0, "seeds", table["n_seeds"].astype(int))
+    df = pd.DataFrame(out, index=[display(i) for i in table.index])
+    df.insert(0, "seeds", table["n_seeds"].astype(int).to_numpy())
     return df

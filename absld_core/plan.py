@@ -22,6 +22,8 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .declare import N1, N2, N3
 from .smoothness import PAIR_LABELS
 
@@ -219,7 +221,7 @@ def student_jobs(P: dict) -> list[Job]:
     return out
 
 
-ETA_SCALED = "absld_eta_scaled"  # the label of notebook 03's compare_eta_scaling run (student-absld-eta-scaled)
+from .labels import ETA_SCALED  # noqa: E402  (the label of notebook 03's compare_eta_scaling run)
 
 
 def notebook_jobs(notebook: str, P: dict) -> list[Job]:
@@ -351,6 +353,33 @@ def evaluate_external_teacher(P: dict) -> dict[int, Path]:
     save_per_image(out / "per_image.npz", ds.test_y, correct)
     save_table(table, out / "metrics.json")
     return {seed: out}
+
+
+HARD_WORDS = "highest validation robust error of the reference PGD-AT run"  # the study's one definition
+
+
+def hard_classes(P: dict) -> tuple[list[str], list[str], str] | None:
+    """The study's hard classes, one definition for every notebook and figure: the `n_hard` classes with
+    the highest robust error on the validation split of notebook 01's reference PGD-AT run of the first
+    seed. Returns (hard classes, every class from hardest to easiest, the definition in words), or None
+    when that run is not finished (a study without notebook 01)."""
+    from . import smoothness
+    from .runs import RunDir
+
+    from .presets import StudyError
+
+    seed = seeds_of(P)[0]
+    run = seed_root(P, seed) / REFERENCE_RUN  # named by the run root and the seed only
+    if not RunDir(run).finished():
+        return None
+    of = getattr(P, "of", None)
+    try:  # n_hard is notebook 01's; a change that notebook 01 refuses (its PGD-20) leaves this one's value
+        n = int((of(N1) if of is not None else P).get("n_hard", 3))
+    except (StudyError, PlanError):
+        n = int(P.get("n_hard", 3))
+    error, classes = smoothness.class_error(run)
+    order = [classes[i] for i in np.argsort(-np.asarray(error))]  # the ranking smoothness.plan uses
+    return order[:n], order, f"hard: the {n} classes with the {HARD_WORDS} (seed {seed})"
 
 
 def explorer_run(P: dict) -> Path:

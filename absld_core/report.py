@@ -28,20 +28,40 @@ class Report:
     attack: str                 # the attack the claims and the class tables use (PGD-20 when there is one)
     tables: dict                # {attack: mean over seeds [95% interval] of Avg / Worst / NSD and classes}
     claims: list
+    findings: list = None       # what the temperature and kept-fraction figures show (findings.py)
 
     @property
     def claims_text(self) -> str:
         return "\n".join(f"- {s}" for s in self.claims) or "(the methods these claims compare were not run)"
 
 
-def compare(runs: dict) -> Report:
+def compare(runs: dict, hard=()) -> Report:
+    """The report of finished runs; `hard`: the study's hard classes (plan.hard_classes), for the findings."""
     if not runs:
         raise StudyError("no finished runs to compare: train the study first (absld sweep, or notebooks 01-03)")
     classes = run_classes(next(iter(runs.values())))
     per_seed = intervals.per_seed_table(runs)
     attack = "pgd20" if "pgd20" in set(per_seed["attack"]) else per_seed["attack"].iloc[-1]
     tables = {a: intervals.summarise(runs, a, classes=classes) for a in per_seed["attack"].unique()}
-    return Report(runs, classes, per_seed, attack, tables, claims.student_claims(runs, attack, classes))
+    return Report(runs, classes, per_seed, attack, tables, claims.student_claims(runs, attack, classes),
+                  study_findings(runs, hard))
+
+
+def study_findings(runs: dict, hard=()) -> list[str]:
+    """The findings' sentences: each tempered run's temperatures (all seeds), early dropping's kept fraction."""
+    from . import findings
+    from .labels import display
+    from .runs import load_run
+
+    records = {m: {s: load_run(p) for s, p in by_seed.items()} for m, by_seed in runs.items()}
+    first = {m: next(iter(r.values())) for m, r in records.items()}
+    out = [f"{display(m)}: " + findings.temperature_text(records[m], hard) for m in records
+           if "tau_adv" in first[m]["history"] and "class_risk_nat" in first[m]["history"]]
+    hams = {m: {s: r["history"] for s, r in records[m].items()} for m in records if "kept_fraction" in first[m]["history"]}
+    if hams:
+        starts = {m: int(first[m]["config"]["method"].get("ham_start_epoch", 1)) for m in hams}
+        out.append(findings.kept_text(hams, starts))
+    return out
 
 
 def write(report: Report, figure_dir: str | Path, title: str) -> tuple[Path, Path]:
@@ -51,7 +71,8 @@ def write(report: Report, figure_dir: str | Path, title: str) -> tuple[Path, Pat
     from .runs import write_text_atomic
 
     write_text_atomic(figure_dir / "per_seed.csv", report.per_seed.to_csv(index=False))
-    return write_summary(report.tables, figure_dir, title, report.attack, report.claims_text)
+    notes = "\n".join(f"- {f}" for f in report.findings or [])
+    return write_summary(report.tables, figure_dir, title, report.attack, report.claims_text, notes)
 
 
 def summarise_preset(preset: str, overrides: list[str] | None = None, out_root: str | Path = ".") -> tuple[Path, Path]:
@@ -72,8 +93,36 @@ def summarise_preset(preset: str, overrides: list[str] | None = None, out_root: 
     os.chdir(out_root)  # run_root is relative to the study's root, as for the notebooks
     try:
         P = Parameters(spec_parameters(spec, N4))
-        report = compare(plan.finished_runs(P))
+        hard = plan.hard_classes(P)
+        report = compare(plan.finished_runs(P), hard[0] if hard else ())
         md, csv = write(report, P["figure_dir"], f"Study '{spec['name']}': class-wise robustness (test set)")
         return md.resolve(), csv.resolve()
     finally:
         os.chdir(cwd)
+
+
+def conclusion(report: Report) -> str:
+    """Notebook 04's closing paragraph, computed: each claim's verdict, what the intervals cover, and
+    which student is ahead on the worst class by paired differences (claims.leader)."""
+    from .intervals import scope
+    from .vocab import attack_label
+
+    n = int(report.tables[report.attack]["n_seeds"].max())
+    students = {k: v for k, v in report.runs.items() if k != "teacher"}
+    lines = [f"Over {n} seed(s) ({scope(n)}), {len(students)} students, {attack_label(report.attack)} on the test set."]
+    for c in report.claims:
+        head = c.split(". ", 1)[0]
+        lines.append(f"- {head}.")
+    if len(students) > 1:
+        lines.append("\n" + claims.leader(students, report.attack, report.classes, "worst"))
+    return "\n".join(lines)
+
+
+def write_smoothness(verdicts: dict, figure_dir: str | Path, preset: str) -> Path:
+    """Notebook 01's statements (per smoothness kind: the paired differences and the verdict) as
+    figures/<preset>/smoothness.md, the file the docs quote for claim (a)."""
+    from .runs import write_text_atomic
+
+    body = "\n\n".join(f"## By {kind}\n\n{text}" for kind, text in verdicts.items())
+    return write_text_atomic(Path(figure_dir) / "smoothness.md",
+                             f"# Study '{preset}': SSD vs DSD, PGD-20 on the test set (notebook 01)\n\n{body}\n")

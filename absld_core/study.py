@@ -217,7 +217,33 @@ def run_study(preset: str = "smoke", overrides: list[str] | None = None, force: 
     summary = fig_root / "summary.md"
     if summary.is_file():
         log(f"\nsummary ({summary}):\n{summary.read_text()}")
+    changed = tracked_changes(fig_root)
+    if changed:
+        log(f"\n{len(changed)} committed file(s) under {fig_root} now differ from the repository's: "
+            f"{', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''}. Trained weights depend on the CPU's "
+            f"kernels and the precision `auto` picks (bf16 only where the CPU has it natively), so another kind "
+            f"of machine draws other figures; `git checkout -- {fig_root}` restores the committed ones.")
     return 0
+
+
+def tracked_changes(folder: str | Path) -> list[str]:
+    """The files under `folder` that git tracks and that differ from the checkout's commit (names
+    relative to the folder); [] outside a git checkout or without git."""
+    import subprocess
+
+    folder = Path(folder).resolve()
+    try:
+        top = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, timeout=10)
+        if top.returncode != 0:
+            return []
+        out = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no", "--", "."],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    root = Path(top.stdout.strip())
+    names = [line[3:].strip() for line in out.stdout.splitlines() if line.strip()]
+    return sorted(str((root / n).relative_to(folder)) if (root / n).is_relative_to(folder) else n for n in names)
 
 
 def _kernel_options() -> dict:
@@ -259,7 +285,7 @@ def run_attacks(by_seed: dict) -> list[str]:
 
 
 def write_summary(tables: dict, figure_dir: str | Path, title: str, attack: str = "pgd20",
-                  claims: str = "") -> tuple[Path, Path]:
+                  claims: str = "", findings: str = "") -> tuple[Path, Path]:
     """The study's summary: per attack, mean over seeds [95% interval] of Avg / Worst / NSD per method
     (markdown), the claims, and all numbers flat in summary.csv (method, attack, metric, mean, lo, hi)
     plus the method x class table under `attack` (class_wise_<attack>.csv, with intervals)."""
@@ -274,6 +300,8 @@ def write_summary(tables: dict, figure_dir: str | Path, title: str, attack: str 
         parts.append(f"## {a}: mean over seeds [95% interval]\n\n" + markdown_summary(format_ci(t)))
     if claims:
         parts.append(f"## Claims ({attack}, paired differences)\n\n{claims}\n")
+    if findings:
+        parts.append(f"## What the temperature and early-dropping figures show\n\n{findings}\n")
     md = write_text_atomic(figure_dir / "summary.md", "\n".join(parts))
     rows = []
     for a, t in tables.items():

@@ -196,6 +196,13 @@ def test_moving_a_slider_redraws_the_plot(lab):
 
         after = WebDriverWait(driver, 120, poll_frequency=0.5).until(changed)
         assert after[0] != before[0]
+        # the fine-tune button: its progress inside the widget, then the before/after table with intervals
+        button = next(b for b in driver.find_elements(By.CSS_SELECTOR, "button") if "Fine-tune" in b.text)
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+        button.click()
+        WebDriverWait(driver, 300, poll_frequency=1).until(
+            lambda d: "after - before [95% CI]" in d.find_element(By.TAG_NAME, "body").text)
+        assert "fine-tune failed" not in driver.find_element(By.TAG_NAME, "body").text
         driver.save_screenshot(str(tmp / "explorer.png"))
     finally:
         driver.quit()

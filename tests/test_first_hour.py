@@ -85,3 +85,28 @@ def test_a_run_stopped_on_purpose_ends_by_saying_how_to_continue(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines() == ["stopped after epoch 1 (continue with --resume)",
                                              f"run: {tmp_path / 'runs' / 'part'}"]
+
+
+def test_the_study_names_the_committed_figures_it_changed(tmp_path):
+    """`make study` on another kind of CPU draws other figures (weights depend on the CPU's kernels and
+    precision): the study says which committed files differ instead of leaving a silently dirty clone."""
+    import subprocess
+
+    from absld_core.study import tracked_changes
+
+    git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    figs = tmp_path / "figures" / "smoke"
+    figs.mkdir(parents=True)
+    (figs / "summary.md").write_text("a\n")
+    (figs / "04_heatmap.png").write_bytes(b"png")
+    git("add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "figures")
+    assert tracked_changes(figs) == []
+    (figs / "04_heatmap.png").write_bytes(b"other png")
+    (figs / "new.png").write_bytes(b"untracked")  # a new file is not a change to the committed ones
+    assert tracked_changes(figs) == ["04_heatmap.png"]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as plain:  # outside any git checkout: nothing, and no error
+        assert tracked_changes(plain) == []

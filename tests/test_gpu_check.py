@@ -28,7 +28,7 @@ def test_the_gpu_check_rehearses_every_stage_on_the_cpu(tmp_path):
     speed = json.loads((out / "speed.json").read_text())
     assert speed and all("ours" in v for v in speed.values())
     comparison = (out / "comparison.md").read_text()
-    assert "## pgd20: mean over seeds [95% interval]" in comparison and "| absld |" in comparison
+    assert "## pgd20: mean over seeds [95% interval]" in comparison and "| ABSLD |" in comparison
     assert "(b) ABSLD beats RSLAD" in comparison and "per_seed.csv" in comparison
     log = (out / "run.log").read_text()
     m = re.search(r"carry: total\s+([\d.]+) MiB of the 64 MiB limit", log)

@@ -33,7 +33,8 @@ def test_identical_runs_differ_by_exactly_zero(tmp_path):
     rng = np.random.default_rng(0)
     a = {s: bernoulli_run(tmp_path / f"a{s}", rng, [0.9, 0.7, 0.5]) for s in range(3)}
     d = intervals.paired_difference(a, a, "pgd20", n_boot=300)
-    assert (d.table.abs().to_numpy() == 0).all()
+    assert (d.table[["diff", "lo", "hi"]].abs().to_numpy() == 0).all()
+    assert (d.table["a"] == d.table["b"]).all()  # each side's observed value, the same here
     assert not d.distinguishable("worst")
     assert "not distinguishable at this budget" in intervals.describe(d, "worst", "A", "A")
 
@@ -217,4 +218,72 @@ def test_the_cost_in_claim_c_is_a_count_of_trained_examples_not_a_machine_timing
             runs[name][s] = p
     assert trained_examples(runs["ham"]) == pytest.approx(175.0) and trained_examples(runs["pgd_at"]) == 300.0
     (line,) = student_claims(runs, "pgd20", ["0", "1"])
-    assert "Adversarial examples trained on, HAM / PGD-AT: 0.58" in line and "seconds" not in line
+    assert "HAM 175 in 3 epochs, 58% of what its epochs offered (early dropping); PGD-AT 300 in 3 epochs" in line
+    assert "HAM / PGD-AT 0.58 in all, 0.58 per epoch" in line and "seconds" not in line
+
+
+def test_verdicts_are_worded_by_what_the_interval_covers():
+    assert intervals.verdict(True, 1) == ("**holds on this one training run** (the interval covers test images, "
+                                          "not retraining)")
+    assert intervals.verdict(True, 2).startswith("**holds on these 2 training runs**")
+    assert intervals.verdict(True, 3) == intervals.verdict(True, 5) == "**holds**"
+    assert intervals.verdict(False, 1) == intervals.verdict(False, 5) == "**not shown**"
+
+
+def _claim_runs(tmp_path, seeds, worst_gain=True):
+    """ABSLD right on every image of its worst class 0 where RSLAD is right on 40%: claim (b) holds."""
+    rng = np.random.default_rng(11)
+    labels = np.repeat(np.arange(3), 50)
+    runs = {"absld": {}, "rslad": {}}
+    for s in range(seeds):
+        good = rng.random(len(labels)) < 0.95
+        weak = good.copy()
+        weak[labels == 0] = rng.random(50) < 0.4
+        runs["absld"][s] = fake_run(tmp_path / f"a{s}", labels, {"pgd20": good if worst_gain else weak})
+        runs["rslad"][s] = fake_run(tmp_path / f"r{s}", labels, {"pgd20": weak})
+    return runs
+
+
+@pytest.mark.parametrize("seeds, word", [(1, "**holds on this one training run** (the interval covers test images, "
+                                             "not retraining)"), (3, "**holds**.")])
+def test_a_claim_over_one_seed_says_it_holds_on_this_one_training_run(tmp_path, seeds, word):
+    from absld_core.claims import student_claims
+
+    (line,) = student_claims(_claim_runs(tmp_path, seeds), "pgd20", ["0", "1", "2"])
+    assert line.startswith(f"(b) ABSLD beats RSLAD on the worst class and NSD: {word}")
+
+
+def test_a_difference_of_two_runs_both_at_zero_reads_no_information(tmp_path):
+    labels = np.repeat(np.arange(2), 30)
+    zero = np.zeros(len(labels), bool)
+    a = {0: fake_run(tmp_path / "a", labels, {"pgd20": zero})}
+    b = {0: fake_run(tmp_path / "b", labels, {"pgd20": zero})}
+    d = intervals.paired_difference(a, b, "pgd20", n_boot=200, names=("A", "B"))
+    for m in ("worst", "avg"):
+        text = intervals.describe(d, m)
+        assert text.endswith("both at 0% (1 seed): no information"), text
+        assert "+0.0 (95% CI +0.0 to +0.0)" not in text
+    assert "NSD undefined" in intervals.describe(d, "nsd")
+
+
+def test_claim_f_compares_absld_with_the_best_fair_baseline_and_the_leader_respects_overlap(tmp_path):
+    """FAT has the best worst class of the fair baselines (so claim f compares ABSLD with it); FRL and
+    FAT are within noise of each other, so the leader sentence does not rank them."""
+    from absld_core.claims import leader, student_claims
+
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(2), 80)
+    right = {"absld": 72, "frl": 42, "cfa": 16, "fat": 46}  # of class 1's 80 images; class 0: 72 each
+    runs = {}
+    for m, k in right.items():
+        ok = np.zeros(len(labels), bool)
+        ok[rng.choice(80, 72, replace=False)] = True
+        ok[80 + rng.choice(80, k, replace=False)] = True
+        runs[m] = {0: fake_run(tmp_path / m, labels, {"pgd20": ok})}
+    (line,) = student_claims(runs, "pgd20", ["0", "1"])
+    assert line.startswith("(f) ABSLD beats the best fair-AT baseline on the worst class: **holds on this one training run**")
+    assert "highest worst-class point estimate is FAT (of FRL, CFA, FAT)" in line and "ABSLD - FAT, worst-class" in line
+    text = leader({m: runs[m] for m in ("frl", "cfa", "fat")}, "pgd20", ["0", "1"])
+    assert text.startswith("**FAT** has the best worst-class PGD-20 point estimate")
+    assert "distinguishably ahead of CFA" in text and "not distinguishable from FRL" in text
+    assert "the interval covers test images, not retraining" in text

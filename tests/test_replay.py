@@ -75,3 +75,47 @@ def test_the_explorer_budget_line_states_updates_and_travel():
     line = describe_travel(OptimConfig(epochs=5), 0.1)
     assert "5 temperature updates, 2 of them at the full eta=0.1" in line and "total travel (sum of eta) 0.21 " in line
     assert "eta=10.4 would give the paper's travel" in line
+
+
+def test_the_explorers_fine_tune_ends_with_a_before_after_table_with_paired_intervals(tmp_path):
+    """The fine-tune's result is shown, not only its folder: per class and for Avg / Worst / NSD the
+    run before, after, and after - before with the paired interval on the same test images."""
+    from absld_core.evaluate import load_per_image
+    from absld_core.widgets import Explorer, settings_notice
+
+    t = train(tiny("t", "natural", tmp_path, optim__epochs=2))
+    run = train(tiny("a", "absld", tmp_path, optim__epochs=2,
+                     method={"name": "absld", "teacher": {"checkpoint": str(t)}}))
+    ex = Explorer(run, class_order=["class2", "class0", "class3", "class1"], hard_words="hard: the study's")
+    assert [ex.classes[int(c)] for c in ex.labels] == ["class2", "class0", "class1", "class3"]  # hard #1, #2, easy #1, #2
+    assert ex.roles == ["hard #1", "hard #2", "easy #1", "easy #2"] and ex.order_words == "the study's hardest and easiest classes (hard: the study's)"
+    ft = ex.finetune(ex.recorded, 1, progress=False)
+    table, attack = ex.before_after(ft)
+    assert attack == "pgd5"
+    assert list(table.index) == ["Avg", "Worst", "NSD", "class class0", "class class1", "class class2", "class class3"]
+    y, before = load_per_image(run / "per_image.npz")
+    _, after = load_per_image(ft / "per_image.npz")
+    for c in range(4):
+        b, a = 100 * before["pgd5"][y == c].mean(), 100 * after["pgd5"][y == c].mean()
+        row = table.loc[f"class class{c}"]
+        assert row["before"] == pytest.approx(b, abs=1e-3) and row["after"] == pytest.approx(a, abs=1e-3)
+        assert row["after - before [95% CI]"].startswith(f"{a - b:+.1f} [")
+    assert settings_notice(ex.recorded, {"eta": ex.recorded.eta}) is None
+    note = settings_notice(ex.recorded, {"eta": 3.0, "tau_max": ex.recorded.tau_max})
+    assert "these parameters are not used: eta=3.0" in note and "tau_max" not in note.split("not used")[1]
+
+
+def test_the_soft_label_sentence_names_a_wrong_teachers_favoured_class():
+    from types import SimpleNamespace
+
+    from absld_core.widgets import Explorer
+
+    ex = Explorer.__new__(Explorer)
+    ex.classes, ex.roles = ["a", "b"], ["hard #1", "easy #1"]
+    ex.labels = torch.tensor([0, 1])
+    ex.teacher_logits = torch.tensor([[0.0, 2.0], [0.0, 3.0]])  # wrong on the first image, right on the second
+    ex.risk_adv = ex.risk_nat = np.zeros((1, 2))
+    ex.schedules = lambda s: (np.full((2, 2), 0.5), np.full((2, 2), 0.5))
+    text = ex.soft_label_text(SimpleNamespace())
+    assert "hard #1 (true a, tau 0.50): 0.02 on the true class, **0.98 on b**" in text
+    assert "easy #1 (true b, tau 0.50): 1.00 on the true class" in text and "sharpens the teacher's mistakes" in text

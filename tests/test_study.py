@@ -53,7 +53,9 @@ def test_every_notebook_runs_and_leaves_runs_and_figures(smoke_study):
               "explorer_schedule.png", "explorer_soft_labels.png", "summary.md", "summary.csv", "per_seed.csv"):
         assert (figs / f).is_file() and (figs / f).stat().st_size > 500, f
     summary = (figs / "summary.md").read_text()
-    assert "absld_ham" in summary and "## pgd20: mean over seeds [95% interval]" in summary
+    assert "| ABSLD+HAM |" in summary and "absld_ham" not in summary  # display names in what people read
+    assert "## pgd20: mean over seeds [95% interval]" in summary
+    assert "absld_ham" in set(pd.read_csv(figs / "summary.csv")["method"])  # ids in the tidy CSVs
     assert "(b) ABSLD beats RSLAD on the worst class and NSD" in summary and "95% CI" in summary
     per_seed = pd.read_csv(figs / "per_seed.csv")
     assert list(per_seed.columns[:7]) == ["method", "seed", "attack", "avg", "worst", "worst_class", "nsd"]
@@ -71,6 +73,21 @@ def test_every_notebook_runs_and_leaves_runs_and_figures(smoke_study):
     assert text.count("DSD (temperature) - SSD (temperature), worst-class PGD-20") == 1
     assert text.count("DSD (label smoothing) - SSD (label smoothing), worst-class PGD-20") == 1
     assert text.count("2 seeds") >= 6
+    assert "**Holds**" not in text  # two seeds are too few for a plain verdict
+    out = {}
+    for name in NOTEBOOKS:
+        nb = nbformat.read(runs / "notebooks" / f"{name}.ipynb", as_version=4)
+        out[name] = "".join(o.get("data", {}).get("text/markdown", "") + o.get("data", {}).get("text/html", "")
+                            + o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    # 04: Avg / Worst / NSD for every attack the study evaluated, and a computed conclusion
+    for attack in ("clean", "FGSM", "PGD-20", "CW-5"):
+        assert f"### {attack}: mean over seeds [95% interval]" in out["04_class_wise_robustness"], attack
+    assert "Over 2 seed(s) (2 seeds: too few retrainings for a plain verdict)" in out["04_class_wise_robustness"]
+    # 03: clean and PGD-20 with the teacher's row, and a leader stated from paired differences
+    assert "### clean on the test set" in out["03_students"] and "### PGD-20 on the test set" in out["03_students"]
+    assert "teacher" in out["03_students"] and "Paired differences" in out["03_students"]
+    # 05: the fine-tune's before/after table (the smoke preset's fine-tune is shown, not only its folder)
+    assert "after - before [95% CI]" in out["05_temperature_explorer"]
 
 
 @pytest.mark.slow
