@@ -104,6 +104,7 @@ class DataConfig:
 class ModelConfig:
     arch: str = "small_cnn"
     width: int | None = None
+    channels: int | None = None          # resnet18 / preact_resnet18: first-stage channels (None: 64, the papers')
     depth: int = 34
     mean: tuple | None = None
     std: tuple | None = None
@@ -119,6 +120,12 @@ class ModelConfig:
             raise invalid("model.norm", self.norm, "'batch', or 'none' for small_cnn")
         if self.width is not None:
             check_int("model.width", self.width)
+        if self.channels is not None:
+            from .models import RESNETS
+            check_int("model.channels", self.channels)
+            if self.arch not in RESNETS:
+                raise invalid("model.channels", self.channels, f"null for {self.arch} (channels sets the size of "
+                              f"{' and '.join(RESNETS)}; {self.arch}'s is set by model.width)")
         check_int("model.depth", self.depth)
         for name in ("mean", "std"):
             v = getattr(self, name)

@@ -73,7 +73,7 @@ def prepare_data(cfg: TrainConfig) -> Dataset:
 def model_meta(cfg: TrainConfig, ds: Dataset) -> dict:
     m = cfg.model
     return {"arch": m.arch, "num_classes": ds.num_classes, "in_channels": ds.image_shape[0], "width": m.width,
-            "depth": m.depth, "norm": m.norm, "mean": list(m.mean) if m.mean else None,
+            "channels": m.channels, "depth": m.depth, "norm": m.norm, "mean": list(m.mean) if m.mean else None,
             "std": list(m.std) if m.std else None,
             "classes": ds.classes, "method": cfg.method.name, "run": cfg.name}
 
@@ -81,8 +81,9 @@ def model_meta(cfg: TrainConfig, ds: Dataset) -> dict:
 def build_student(cfg: TrainConfig, ds: Dataset) -> nn.Module:
     m = cfg.model
     kw = {"mean": m.mean, "std": m.std, "depth": m.depth, "norm": m.norm}
-    if m.width is not None:
-        kw["width"] = m.width
+    for k in ("width", "channels"):
+        if getattr(m, k) is not None:
+            kw[k] = getattr(m, k)
     return build_model(m.arch, ds.num_classes, ds.image_shape[0], **kw)
 
 

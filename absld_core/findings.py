@@ -3,10 +3,61 @@ temperatures end and why, how much of each batch early dropping keeps. Notebook 
 the figures they describe.
 
     print(temperature_text({seed: load_run(p) for seed, p in runs[ABSLD.name].items()}, hard=["3", "8"]))
+    F = Findings.of(runs, hard)          # every run's record loaded once; what report.compare keeps
+    F.temperatures["absld"], F.kept, F.sentences
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
+
+
+@dataclass
+class Findings:
+    """What the temperature and early-dropping figures show, from the study's records (loaded once):
+    notebook 04 draws its figures from `records` and prints these sentences under them, and summary.md
+    lists `sentences`."""
+    records: dict                                      # {label: {seed: load_run(...)}}
+    hard: tuple = ()
+    temperatures: dict = field(default_factory=dict)   # {label: temperature_text} of each run with class temperatures
+    kept: str | None = None                            # kept_text of the runs with early dropping
+
+    @classmethod
+    def of(cls, runs: dict, hard=()) -> "Findings":
+        """runs: {label: {seed: run directory}} (plan.finished_runs)."""
+        from .runs import load_run
+
+        F = cls({m: {s: load_run(p) for s, p in by_seed.items()} for m, by_seed in runs.items()}, tuple(hard))
+        F.temperatures = {m: temperature_text(F.records[m], F.hard) for m in F.tempered}
+        if F.dropping:
+            F.kept = kept_text(F.dropping, F.starts)
+        return F
+
+    def _first(self, label: str) -> dict:
+        return next(iter(self.records[label].values()))
+
+    @property
+    def tempered(self) -> list[str]:
+        """The runs whose history has class-wise temperatures (ABSLD and its variants)."""
+        return [m for m in self.records if "tau_adv" in self._first(m)["history"]]
+
+    @property
+    def dropping(self) -> dict:
+        """{label: {seed: history}} of the runs with early dropping (HAM and ABSLD+HAM)."""
+        return {m: {s: r["history"] for s, r in by.items()} for m, by in self.records.items()
+                if "kept_fraction" in self._first(m)["history"]}
+
+    @property
+    def starts(self) -> dict:
+        """{label: the first epoch with early dropping} of those runs."""
+        return {m: int(self._first(m)["config"]["method"].get("ham_start_epoch", 1)) for m in self.dropping}
+
+    @property
+    def sentences(self) -> list[str]:
+        from .labels import display
+
+        return [f"{display(m)}: {t}" for m, t in self.temperatures.items()] + ([self.kept] if self.kept else [])
 
 
 def _final(records: dict, key: str) -> np.ndarray:
@@ -23,6 +74,26 @@ def _settled(tau: np.ndarray, lo: float, hi: float) -> int | None:
     moving = ~at[:, ends].all(axis=1)
     last = np.flatnonzero(moving)
     return int(last[-1]) + 2 if len(last) else 1
+
+
+# why classes end at tau_min / tau_max: said once, here and in the explorer (widgets._schedule_text)
+WHY_BOUNDS = ("Why the bounds: the rule moves each class by eta * g / max|g|, g its risk minus the mean risk, so the "
+              "class with the largest gap moves by the full eta every epoch however small the risks and their "
+              "differences are")
+
+
+def at_bounds(final: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per row (a seed, or one replay) of final temperatures (rows x classes): how many classes sit at
+    tau_max and how many at tau_min."""
+    final = np.atleast_2d(np.asarray(final, float))
+    return np.isclose(final, hi).sum(axis=1), np.isclose(final, lo).sum(axis=1)
+
+
+def bounds_phrase(name: str, final: np.ndarray, lo: float, hi: float) -> str:
+    """'adversarial: 6 of 10 classes sit at tau_max 5 and 4 at tau_min 0.5' (per-row counts joined by /)."""
+    at_hi, at_lo = at_bounds(final, lo, hi)
+    return (f"{name}: {_count(at_hi)} of {np.atleast_2d(final).shape[1]} classes sit at tau_max {hi:g} and "
+            f"{_count(at_lo)} at tau_min {lo:g}")
 
 
 def temperature_text(records: dict, hard=()) -> str:
@@ -43,12 +114,10 @@ def temperature_text(records: dict, hard=()) -> str:
         final = _final(records, key)
         start = np.broadcast_to(np.asarray(m.get(init, 1.0), float), final.shape)
         moved = max(moved, float(np.abs(final - start).max()))
-        at_hi, at_lo = np.isclose(final, hi).sum(axis=1), np.isclose(final, lo).sum(axis=1)
-        bounded = bounded or bool((at_hi + at_lo).any())
+        bounded = bounded or bool(sum(at_bounds(final, lo, hi)).any())
         settle = [_settled(np.stack(r["history"][key].tolist()).astype(float), lo, hi) for r in records.values()]
         settle = [s for s in settle if s is not None]
-        text = (f"{name}: {_count(at_hi)} of {len(classes)} classes sit at tau_max {hi:g} and "
-                f"{_count(at_lo)} at tau_min {lo:g}" + (f" (per seed, over {n} seeds)" if n > 1 else ""))
+        text = bounds_phrase(name, final, lo, hi) + (f" (per seed, over {n} seeds)" if n > 1 else "")
         if settle:
             text += f", there from epoch {int(np.median(settle))}" + (" (median over seeds)" if n > 1 else "")
         if hard:
@@ -62,9 +131,7 @@ def temperature_text(records: dict, hard=()) -> str:
     out = "Temperatures after the last epoch" + (f", mean over {n} seeds" if n > 1 else "") + ". " + "; ".join(parts) + "."
     if not bounded:
         return out + f" No class reached a bound: the largest move from the initial temperature is {moved:.2f}."
-    why = (" Why the bounds: the rule moves each class by eta * g / max|g|, g its risk minus the mean risk, so the "
-           "class with the largest gap moves by the full eta every epoch however small the risks and their "
-           "differences are")
+    why = " " + WHY_BOUNDS
     if "class_risk_nat" in rec["history"]:
         risk = np.stack([np.asarray(r["history"]["class_risk_nat"].iloc[-1], float) for r in records.values()])
         why += f" (the clean training risks at the last epoch span {risk.min():.3g} to {risk.max():.3g})"
@@ -81,19 +148,21 @@ def kept_text(histories: dict, starts: dict) -> str:
     history}}, `starts`: {method: first epoch with dropping}), mean over epochs, range over seeds."""
     from .labels import display
 
-    out = []
+    out, small = [], []
     for name, by_seed in histories.items():
         start = int(starts.get(name, 1))
-        means = [_kept_mean({0: h}, start) for h in by_seed.values()]
+        means = [_kept_mean(h, start) for h in by_seed.values()]  # per seed
         E = len(next(iter(by_seed.values())))
         span = f" (seeds {100 * min(means):.0f}-{100 * max(means):.0f}%)" if len(means) > 1 else ""
         out.append(f"{display(name)} keeps {100 * np.mean(means):.0f}% of each batch on average from epoch {start} "
                    f"of {E} on{span}")
-    small = [display(n) for n, by in histories.items() if _kept_mean(by, starts.get(n, 1)) < 0.25]
+        if np.mean(means) < 0.25:
+            small.append(display(name))
     tail = (f" {' and '.join(small)} then trains on a small part of each batch, so claim (c) counts" if small else
             " Claim (c) counts") + " the examples trained on, not the epochs."
     return "Early dropping: " + "; ".join(out) + "." + tail
 
 
-def _kept_mean(by_seed: dict, start: int) -> float:
-    return float(np.mean([h.loc[h["epoch"] >= int(start), "kept_fraction"].fillna(1.0).mean() for h in by_seed.values()]))
+def _kept_mean(history, start: int) -> float:
+    """One run's kept fraction, mean over its epochs from `start` on (an epoch without dropping keeps all)."""
+    return float(history.loc[history["epoch"] >= int(start), "kept_fraction"].fillna(1.0).mean())

@@ -29,7 +29,8 @@ CORE = (
     Param("augment", True, "random crop (padding `pad`) and horizontal flip while training"),
     Param("pad", 1, "random-crop padding in pixels (4 on 32x32 images; 1 on 8x8 digits)"),
     Param("arch", "small_cnn", "student architecture: small_cnn, resnet18, preact_resnet18, mobilenet_v2, wrn"),
-    Param("width", 16, "student width (small_cnn channels; WRN widen factor; ignored by resnet18)"),
+    Param("width", 16, "student width (small_cnn channels; WRN widen factor; not resnet18's: see channels)"),
+    Param("channels", None, "resnet18 / preact_resnet18 first-stage channels (None: 64, the papers')"),
     Param("epochs", 10, "training epochs of every student"),
     Param("batch_size", 64, "training batch size"),
     Param("lr", 0.05, "SGD learning rate"),
@@ -62,6 +63,7 @@ CORE = (
           (N2,)),
     Param("teacher_arch", "small_cnn", "teacher architecture", (N2,)),
     Param("teacher_width", 32, "teacher width", (N2,)),
+    Param("teacher_channels", None, "teacher first-stage channels when it is a resnet18 (None: 64)", (N2,)),
     Param("teacher_epochs", 12, "teacher training epochs", (N2,)),
     Param("teacher_checkpoint", None, "a checkpoint file to distil from instead of training one (e.g. a TRADES "
                                       "WRN-34-10 state dict)", (N2, N3, N4)),

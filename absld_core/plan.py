@@ -22,8 +22,6 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from .declare import N1, N2, N3
 from .smoothness import PAIR_LABELS
 
@@ -162,7 +160,8 @@ def teacher_jobs(P: dict) -> list[Job]:
         return []
     return [_job(N2, s, "teacher",
                  config(P, s, TEACHER_RUN, {"name": P["teacher_method"]}, optim__epochs=P["teacher_epochs"],
-                        model__arch=P["teacher_arch"], model__width=P["teacher_width"])) for s in seeds_of(P)]
+                        model__arch=P["teacher_arch"], model__width=P["teacher_width"],
+                        model__channels=P["teacher_channels"])) for s in seeds_of(P)]
 
 
 def wanted_methods(P: dict) -> list[str]:
@@ -343,7 +342,8 @@ def evaluate_external_teacher(P: dict) -> dict[int, Path]:
 
     seed = seeds_of(P)[0]
     out = external_teacher_dir(P)
-    cfg = config(P, seed, EXTERNAL_TEACHER_RUN, {"name": P["teacher_method"]}, model__arch=P["teacher_arch"])
+    cfg = config(P, seed, EXTERNAL_TEACHER_RUN, {"name": P["teacher_method"]}, model__arch=P["teacher_arch"],
+                 model__channels=None)  # the checkpoint's own size
     ds = prepare_data(TrainConfig.from_dict(cfg))
     model, _ = model_from_checkpoint(P["teacher_checkpoint"], P["device"], arch=P["teacher_arch"],
                                      num_classes=ds.num_classes)
@@ -377,8 +377,7 @@ def hard_classes(P: dict) -> tuple[list[str], list[str], str] | None:
         n = int((of(N1) if of is not None else P).get("n_hard", 3))
     except (StudyError, PlanError):
         n = int(P.get("n_hard", 3))
-    error, classes = smoothness.class_error(run)
-    order = [classes[i] for i in np.argsort(-np.asarray(error))]  # the ranking smoothness.plan uses
+    order = smoothness.ranking(*smoothness.class_error(run))
     return order[:n], order, f"hard: the {n} classes with the {HARD_WORDS} (seed {seed})"
 
 

@@ -160,7 +160,7 @@ def run_config(P: dict, name: str, method: dict, **over) -> dict:
         "data": {"dataset": P["dataset"], "root": P.get("data_root"), "train_per_class": P.get("train_per_class"),
                  "val_per_class": int(P.get("val_per_class", 20)), "test_per_class": P.get("test_per_class"),
                  "augment": bool(P.get("augment", True)), "pad": int(P.get("pad", 4))},
-        "model": {"arch": P.get("arch", "small_cnn"), "width": P.get("width")},
+        "model": {"arch": P.get("arch", "small_cnn"), "width": P.get("width"), "channels": P.get("channels")},
         "attack": {"eps": per255("eps_255", d.eps), "alpha": per255("alpha_255", d.alpha),
                    "steps": int(P.get("steps", d.steps)), "eval_alpha": per255("eval_alpha_255", d.eval_alpha),
                    "val_attacks": attacks(P.get("val_attacks", ",".join(d.val_attacks))),

@@ -302,21 +302,31 @@ def format_report(rows: list[dict], tflops: float) -> str:
 
 
 # a width is a number of channels, not a code path: the rehearsal trains the preset's architectures
-# (the same classes, layers and depth) at these widths; the cost table uses the real ones
+# (the same classes, layers and depth) at these sizes; the cost table uses the real ones.
+# NARROW: the `width` parameter (WRN widen factor, small CNN channels); NARROW_CHANNELS: the
+# `channels` parameter of the ResNet-18s (first-stage channels, 64 in the papers: 16 costs 1/16)
 NARROW = {"wrn": 1, "small_cnn": 8}
+NARROW_CHANNELS = 16
 
 
 def _narrow_widths(spec: dict) -> list[str]:
-    """Overrides that narrow the students' and the teacher's widths for the rehearsal (WRN widen
-    factor 1, small CNN 8 channels); an external teacher checkpoint keeps its own."""
+    """Overrides that narrow the students' and the teacher's sizes for the rehearsal (WRN widen
+    factor 1, small CNN 8 channels, ResNet-18 16 first-stage channels); an external teacher
+    checkpoint keeps its own."""
+    from .models import RESNETS
+
     P = {**params.defaults(), **spec["parameters"]}
-    out = []
-    if P.get("arch") in NARROW and P.get("width") is not None and P["width"] > NARROW[P["arch"]]:
-        out.append(f"width={NARROW[P['arch']]}")
     T = {**P, **spec["per_notebook"].get("02_teacher", {})}
-    if (T.get("teacher_checkpoint") is None and T.get("teacher_arch") in NARROW
-            and T.get("teacher_width") is not None and T["teacher_width"] > NARROW[T["teacher_arch"]]):
-        out.append(f"02_teacher.teacher_width={NARROW[T['teacher_arch']]}")
+    out = []
+    for prefix, arch, width, channels in (("", P.get("arch"), "width", "channels"),
+                                          ("02_teacher.", T.get("teacher_arch"), "teacher_width", "teacher_channels")):
+        if prefix and T.get("teacher_checkpoint") is not None:
+            continue
+        W = T if prefix else P
+        if arch in NARROW and W.get(width) is not None and W[width] > NARROW[arch]:
+            out.append(f"{prefix}{width}={NARROW[arch]}")
+        if arch in RESNETS and (W.get(channels) or 64) > NARROW_CHANNELS:
+            out.append(f"{prefix}{channels}={NARROW_CHANNELS}")
     return out
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import claims, intervals
+from .findings import Findings
 from .study import StudyError, run_classes, write_summary
 
 
@@ -28,7 +29,7 @@ class Report:
     attack: str                 # the attack the claims and the class tables use (PGD-20 when there is one)
     tables: dict                # {attack: mean over seeds [95% interval] of Avg / Worst / NSD and classes}
     claims: list
-    findings: list = None       # what the temperature and kept-fraction figures show (findings.py)
+    findings: "Findings" = None  # the records, and what the temperature and kept-fraction figures show
 
     @property
     def claims_text(self) -> str:
@@ -44,24 +45,7 @@ def compare(runs: dict, hard=()) -> Report:
     attack = "pgd20" if "pgd20" in set(per_seed["attack"]) else per_seed["attack"].iloc[-1]
     tables = {a: intervals.summarise(runs, a, classes=classes) for a in per_seed["attack"].unique()}
     return Report(runs, classes, per_seed, attack, tables, claims.student_claims(runs, attack, classes),
-                  study_findings(runs, hard))
-
-
-def study_findings(runs: dict, hard=()) -> list[str]:
-    """The findings' sentences: each tempered run's temperatures (all seeds), early dropping's kept fraction."""
-    from . import findings
-    from .labels import display
-    from .runs import load_run
-
-    records = {m: {s: load_run(p) for s, p in by_seed.items()} for m, by_seed in runs.items()}
-    first = {m: next(iter(r.values())) for m, r in records.items()}
-    out = [f"{display(m)}: " + findings.temperature_text(records[m], hard) for m in records
-           if "tau_adv" in first[m]["history"] and "class_risk_nat" in first[m]["history"]]
-    hams = {m: {s: r["history"] for s, r in records[m].items()} for m in records if "kept_fraction" in first[m]["history"]}
-    if hams:
-        starts = {m: int(first[m]["config"]["method"].get("ham_start_epoch", 1)) for m in hams}
-        out.append(findings.kept_text(hams, starts))
-    return out
+                  Findings.of(runs, hard))
 
 
 def write(report: Report, figure_dir: str | Path, title: str) -> tuple[Path, Path]:
@@ -71,7 +55,7 @@ def write(report: Report, figure_dir: str | Path, title: str) -> tuple[Path, Pat
     from .runs import write_text_atomic
 
     write_text_atomic(figure_dir / "per_seed.csv", report.per_seed.to_csv(index=False))
-    notes = "\n".join(f"- {f}" for f in report.findings or [])
+    notes = "\n".join(f"- {f}" for f in (report.findings.sentences if report.findings else []))
     return write_summary(report.tables, figure_dir, title, report.attack, report.claims_text, notes)
 
 

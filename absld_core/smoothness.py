@@ -30,6 +30,11 @@ def class_error(run_dir: str | Path, attack: str | None = None) -> tuple[np.ndar
     return 100.0 - np.asarray(last[key]["class_acc"], dtype=float), rec["config"]["resolved"]["classes"]
 
 
+def ranking(error: np.ndarray, classes: list[str]) -> list[str]:
+    """Every class from the hardest (highest error) to the easiest: the one ranking of hard classes."""
+    return [classes[i] for i in np.argsort(-np.asarray(error, dtype=float))]
+
+
 def dsd_values(error: np.ndarray, sharp: float, smooth: float) -> np.ndarray:
     """Per class, linear in the class error: the hardest class gets `sharp`, the easiest `smooth`."""
     e = np.asarray(error, dtype=float)
@@ -66,10 +71,9 @@ def plan(error: np.ndarray, classes: list[str], n_hard: int, tau_sharp: float, t
         raise ValueError(f"need 0 <= ls_sharp <= ls_smooth <= 1, got {ls_sharp}, {ls_smooth}")
     if not (1 <= n_hard < len(classes)):
         raise ValueError(f"n_hard must lie in [1, {len(classes) - 1}], got {n_hard}")
-    order = np.argsort(-np.asarray(error))
     tau = dsd_values(error, tau_sharp, tau_smooth)
     ls = dsd_values(error, ls_sharp, ls_smooth)
-    return Plan(list(classes), np.asarray(error, float), [classes[i] for i in order[:n_hard]], tau,
+    return Plan(list(classes), np.asarray(error, float), ranking(error, classes)[:n_hard], tau,
                 float(tau.mean()), ls, float(ls.mean()))
 
 

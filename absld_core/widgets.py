@@ -269,18 +269,15 @@ def _schedule_text(ex: Explorer, s: ReplaySettings) -> str:
     """Where the replayed temperatures end: how many classes sit at each bound, and those of the images'
     hardest classes (the rule divides by max|g|, so every class moves by the full eta each epoch even
     when all the risks are near 0)."""
+    from .findings import WHY_BOUNDS, at_bounds, bounds_phrase
+
     ta, tn = ex.schedules(s)
-    out = []
-    for name, tau in (("adversarial", ta[-1]), ("clean", tn[-1])):
-        at_max = int(np.isclose(tau, s.tau_max).sum())
-        at_min = int(np.isclose(tau, s.tau_min).sum())
-        out.append(f"{name}: {at_max} of {len(tau)} classes end at tau_max {s.tau_max:g}, {at_min} at tau_min {s.tau_min:g}")
+    out = [bounds_phrase(name, tau, s.tau_min, s.tau_max) for name, tau in (("adversarial", ta[-1]), ("clean", tn[-1]))]
     hard = [int(c) for c, r in zip(ex.labels.tolist(), ex.roles) if r.startswith("hard")]
     hard_t = ", ".join(f"{ex.classes[c]}: {ta[-1][c]:.2f} / {tn[-1][c]:.2f}" for c in hard)
     text = "At the last epoch, " + "; ".join(out) + f". The hard images' classes end at (adversarial / clean) {hard_t}."
-    if any(np.isclose(t[-1], b).any() for t in (ta, tn) for b in (s.tau_min, s.tau_max)):
-        text += (" Why the bounds: the rule steps each class by eta times its risk gap divided by the largest gap, so "
-                 "the class with the largest gap moves by the full eta every epoch however small the risks are.")
+    if any(sum(at_bounds(t[-1], s.tau_min, s.tau_max)).any() for t in (ta, tn)):
+        text += " " + WHY_BOUNDS + "."
     return text
 
 

@@ -64,3 +64,24 @@ def test_checkpoint_roundtrip_dataparallel_prefix_and_errors(tmp_path):
         model_from_checkpoint(tmp_path / "bare.pt")
     m4, _ = model_from_checkpoint(tmp_path / "bare.pt", arch="small_cnn", num_classes=10, width=8)
     assert torch.equal(m4.eval()(x), m.eval()(x))
+
+
+def test_resnet_channels_scale_the_stages_and_travel_in_the_checkpoint(tmp_path):
+    """`channels` sets a ResNet-18's first stage (stages x1, x2, x4, x8): the default is the papers' 64;
+    16 has 1/16 of the 3x3 convolution weights; the checkpoint's meta rebuilds the same model."""
+    default, narrow = build_model("resnet18", 10), build_model("resnet18", 10, channels=16)
+    assert count_parameters(default) == count_parameters(build_model("resnet18", 10, channels=64))
+    assert narrow.conv1.out_channels == 16 and narrow.linear.in_features == 128
+    convs = lambda m: sum(p.numel() for n, p in m.named_parameters() if p.dim() == 4)  # noqa: E731
+    assert convs(narrow) * 16 == pytest.approx(convs(default), rel=0.01)
+    assert build_model("preact_resnet18", 10, channels=8).conv1.out_channels == 8
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "r.pt", narrow, meta={"arch": "resnet18", "num_classes": 10, "channels": 16, "width": 16})
+    again, meta = model_from_checkpoint(tmp_path / "r.pt")
+    x = torch.rand(2, 3, 32, 32)
+    assert meta["channels"] == 16 and torch.equal(again.eval()(x), narrow.eval()(x))
+    # the other models' sizes are set by width (and depth): channels there is refused with what is allowed
+    with pytest.raises(ValueError, match="channels=8 applies to resnet18 and preact_resnet18 only; small_cnn's size is set by width"):
+        build_model("small_cnn", 10, channels=8)
+    with pytest.raises(ValueError, match="channels=0 is invalid: a positive integer"):
+        build_model("resnet18", 10, channels=0)

@@ -19,7 +19,7 @@ def test_cifar10_fixture_is_read_as_the_official_files(tmp_path):
 
 # Two students prove the rehearsal's plumbing (every notebook, the cost table, the fixtures); every method
 # through every notebook is tests/test_study.py's. With all nine, the paper rehearsal took 1,027 s on a
-# 2-core CPU, 711 of them notebook 03's ResNet-18 students.
+# 2-core CPU with 64-channel ResNet-18s (711 s of it notebook 03's students), 268 s at 16 channels.
 STUDENTS = "methods=pgd_at,absld"
 
 
@@ -44,6 +44,21 @@ def test_rehearsal_runs_every_notebook_and_reports_the_cost(tmp_path, preset):
         assert "## aa: mean over seeds" in summary  # standard AutoAttack ran in the rehearsal
     total = re.search(r"total: ([\d.]+) PFLOP", report)
     assert total and float(total.group(1)) > 0
+
+
+def test_the_rehearsal_narrows_sizes_not_architectures_and_costs_the_real_ones():
+    """paper: ResNet-18 students at 16 first-stage channels (1/16 of the FLOPs; the same layers) and the WRN-34
+    teacher at widen factor 1; cifar10-cpu: small CNNs at 8 channels; the cost table keeps the real sizes."""
+    from absld_core import plan, study
+
+    assert R._narrow_widths(study.load_preset("paper", [])) == ["channels=16", "02_teacher.teacher_width=1"]
+    assert R._narrow_widths(study.load_preset("cifar10-cpu", [])) == ["width=8", "02_teacher.teacher_width=8"]
+    assert R._narrow_widths(study.load_preset("gpu-check", [])) == ["channels=16", "02_teacher.teacher_channels=16"]
+    # an external teacher keeps its own size; a size already at or under the rehearsal's is kept
+    assert R._narrow_widths(study.load_preset("paper", ["teacher_checkpoint=t.pt", "channels=8"])) == []
+    shrunk = {j.key: j.config["model"] for j in plan.study_plan("gpu-check", R._narrow_widths(study.load_preset("gpu-check", [])))}
+    assert shrunk["s0/student-absld"]["channels"] == 16 and shrunk["s0/teacher"]["channels"] == 16
+    assert {j.config["model"]["channels"] for j in plan.study_plan("paper", [])} == {None}  # the cost table's: 64
 
 
 @pytest.mark.parametrize("method", ["pgd_at", "trades", "frl", "cfa"])

@@ -280,7 +280,9 @@ def test_training_usage_errors_are_one_line(tmp_path, capsys):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("optim:\n  lr: [0.1\n")
     cases = [(["--set", "device=cuda"], "no CUDA device"), (["--set", "model.width=-4"], "model.width=-4 is invalid"),
-             (["--set", "model.width=abc"], "model.width='abc' is invalid")]
+             (["--set", "model.width=abc"], "model.width='abc' is invalid"),
+             (["--set", "model.channels=16"], "model.channels=16 is invalid: null for small_cnn (channels sets the size "
+                                             "of resnet18 and preact_resnet18")]
     if torch.cuda.is_available():
         cases = cases[1:]
     for extra, message in cases:

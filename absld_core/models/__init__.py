@@ -19,6 +19,7 @@ from .small import MobileNetV2, SmallCNN
 from .wrn import WideResNet
 
 MODELS = ("small_cnn", "resnet18", "preact_resnet18", "mobilenet_v2", "wrn")
+RESNETS = ("resnet18", "preact_resnet18")   # the models whose first-stage channels are set by `channels`
 __all__ = ["build_model", "MODELS", "Normalize", "save_checkpoint", "load_checkpoint", "load_state_dict",
            "model_from_checkpoint", "CheckpointError", "check_fits", "count_parameters"]
 
@@ -40,11 +41,12 @@ class Normalize(nn.Module):
 
 def build_model(name: str, num_classes: int, in_channels: int = 3, *, mean: Sequence[float] | None = None,
                 std: Sequence[float] | None = None, depth: int = 34, width: int | None = None,
-                dropout: float = 0.0, norm: str = "batch") -> nn.Module:
+                channels: int | None = None, dropout: float = 0.0, norm: str = "batch") -> nn.Module:
     """Build a model by name: small_cnn, resnet18, preact_resnet18, mobilenet_v2, wrn (depth/width).
 
     mean/std: optional input normalisation inside the model (both or neither).
     width: WRN widening factor (default 10) or SmallCNN base width (default 32).
+    channels: ResNet-18 / PreAct ResNet-18 channels of the first stage (default 64, the papers').
     norm: SmallCNN only, 'batch' (default) or 'none'.
     """
     key = str(name).lower().replace("-", "_")
@@ -54,17 +56,20 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, *, mean: Sequ
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
-    for what, v in (("width", width), ("depth", depth)):
+    for what, v in (("width", width), ("depth", depth), ("channels", channels)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise InputError(f"{what}={v!r} is invalid: a positive integer")
+    if channels is not None and key not in RESNETS:
+        raise InputError(f"channels={channels!r} applies to {' and '.join(RESNETS)} only; {key}'s size is set by "
+                         f"width" + (" and depth" if key == "wrn" else ""))
     if norm != "batch" and key != "small_cnn":
         raise ValueError(f"norm={norm!r} is only available for small_cnn")
     if key == "small_cnn":
         model = SmallCNN(num_classes, in_channels, width or 32, norm)
     elif key == "resnet18":
-        model = resnet18(num_classes, in_channels)
+        model = resnet18(num_classes, in_channels, channels or 64)
     elif key == "preact_resnet18":
-        model = preact_resnet18(num_classes, in_channels)
+        model = preact_resnet18(num_classes, in_channels, channels or 64)
     elif key == "mobilenet_v2":
         model = MobileNetV2(num_classes, in_channels)
     else:
@@ -86,14 +91,14 @@ def count_parameters(model: nn.Module) -> int:
 def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                           defaults: dict | None = None, **overrides: Any) -> tuple[nn.Module, dict]:
     """Rebuild the model recorded in a checkpoint's meta (arch, num_classes, ...) and load its weights.
-    overrides (arch, num_classes, in_channels, depth, width, mean, std) replace what the meta says;
+    overrides (arch, num_classes, in_channels, depth, width, channels, mean, std) replace what the meta says;
     defaults only fill in what it does not say (external state dicts record nothing)."""
     ckpt = load_checkpoint(path, map_location)
     meta = {**(defaults or {}), **ckpt["meta"], **{k: v for k, v in overrides.items() if v is not None}}
     if "arch" not in meta or "num_classes" not in meta:
         raise CheckpointError(f"checkpoint {path} does not record its architecture; pass arch= and "
                               f"num_classes= (CLI: --model NAME --num-classes N)")
-    kw = {k: meta[k] for k in ("depth", "width", "mean", "std", "norm") if meta.get(k) is not None}
+    kw = {k: meta[k] for k in ("depth", "width", "channels", "mean", "std", "norm") if meta.get(k) is not None}
     try:
         model = build_model(meta["arch"], int(meta["num_classes"]), int(meta.get("in_channels", 3)), **kw)
     except (ValueError, TypeError) as e:

@@ -69,9 +69,10 @@ class ResNet(nn.Module):
         return self.linear(out)
 
 
-def resnet18(num_classes=10, in_channels=3):
-    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels)
+def resnet18(num_classes=10, in_channels=3, channels: int = 64):
+    """channels: of the first stage (64 in the papers; the stages have channels x 1, 2, 4, 8)."""
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, width=channels)
 
 
-def preact_resnet18(num_classes=10, in_channels=3):
-    return ResNet(PreActBlock, (2, 2, 2, 2), num_classes, in_channels, preact=True)
+def preact_resnet18(num_classes=10, in_channels=3, channels: int = 64):
+    return ResNet(PreActBlock, (2, 2, 2, 2), num_classes, in_channels, preact=True, width=channels)
