@@ -4,7 +4,7 @@ the figures they describe.
 
     print(temperature_text({seed: load_run(p) for seed, p in runs[ABSLD.name].items()}, hard=["3", "8"]))
     F = Findings.of(runs, hard)          # every run's record loaded once; what report.compare keeps
-    F.temperatures["absld"], F.kept, F.sentences
+    F.temperatures[ABSLD.name], F.kept, F.sentences
 """
 from __future__ import annotations
 
