@@ -82,7 +82,7 @@ def _eval(args) -> int:
         raise UsageError("--attacks names no attack; allowed: clean, fgsm, pgdN, cwN, aa, aa:<parts>")
     for a in attacks:
         parse_attack(a)
-    for name in ("eps", "alpha", "batch_size", "per_class", "aa_iters", "num_classes", "width", "depth"):
+    for name in ("eps", "alpha", "batch_size", "per_class", "aa_iters", "num_classes", "width", "depth", "channels"):
         v = getattr(args, name)
         if v is not None and not v > 0:
             raise UsageError(f"--{name.replace('_', '-')} {v}: must be positive")
@@ -95,7 +95,7 @@ def _eval(args) -> int:
     model, meta = model_from_checkpoint(checkpoint, device, defaults={"num_classes": ds.num_classes,
                                                                       "in_channels": ds.image_shape[0]},
                                         arch=args.model, num_classes=args.num_classes, width=args.width,
-                                        depth=args.depth)
+                                        depth=args.depth, channels=args.channels)
     check_fits(meta, ds.num_classes, ds.image_shape[0], f"checkpoint {checkpoint} (for {args.dataset})")
     x, y = (ds.test_subset(args.per_class) if args.per_class else (ds.test_x, ds.test_y))
     aa_opts = {"n_iter": args.aa_iters} if args.aa_iters else {}
@@ -259,8 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--aa-iters", type=int, default=None, help="AutoAttack iterations (fewer for CPU runs)")
     e.add_argument("--model", default=None, help="architecture, for checkpoints that do not record it")
     e.add_argument("--num-classes", type=int, default=None)
-    e.add_argument("--width", type=int, default=None)
+    e.add_argument("--width", type=int, default=None, help="WRN widen factor or small_cnn channels, for such checkpoints")
     e.add_argument("--depth", type=int, default=None)
+    e.add_argument("--channels", type=int, default=None,
+                   help="resnet18 / preact_resnet18 first-stage channels, for such checkpoints (default 64)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--out", default=None, help="save the table (.json or .csv)")

@@ -7,7 +7,8 @@ teacher -> students, the lr schedule with its milestones mapped onto the shorten
 validation and checkpoint selection, every evaluation attack including standard AutoAttack, every
 figure) and shrinks only what must shrink for a CPU: REHEARSAL below (a few batches per epoch, a
 handful of epochs, tiny evaluation subsets, AutoAttack's iterations and Square queries, device cpu)
-and the widths (NARROW: channels, not code paths; the WRN-34 teacher stays 34 layers deep). Datasets
+and the sizes (NARROW, NARROW_CHANNELS: channels, not code paths; the WRN-34 teacher stays 34 layers
+deep, the ResNet-18 students 18). Datasets
 that are official files (CIFAR-10/100) are written as small fixtures in the official format, from
 the JPEG copy in ../shared/data when it is there, else from synthetic images. Everything goes to
 <out>/rehearse/ (runs/ and figures/ of the preset), never into the real runs.

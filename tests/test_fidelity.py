@@ -1,11 +1,9 @@
 """Agreement with the releases where they are the reference, and the fixes a new user needs: the
 CIFAR-100 KD scale, checkpoint selection, HAM under DDP, history after a kill, configs passed back."""
 import json
-import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ import torch.multiprocessing as mp
 
 from absld_core import train
 from absld_core.cli import main as cli_main
-from absld_core.config import MethodConfig, TeacherConfig, TrainConfig, load_config
+from absld_core.config import MethodConfig, TrainConfig, load_config
 from absld_core.engine import EpochTotals, MultiView, train_step, validates, zero_loss_fn
 from absld_core.experiments import summary_table
 from absld_core.methods import StepContext, StepOutput, build_method

@@ -1,15 +1,12 @@
 """Hostile files and bad input: no code runs from data files, no folder is lost, no run is corrupted by a
 second writer or a kill, no number is silently wrong, and every bad input gets one clear line."""
 import json
-import os
 import pickle
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -325,3 +322,20 @@ def test_eval_accepts_a_run_directory(small_run, tmp_path, capsys):
     rc = cli_main(["eval", "--checkpoint", str(small_run), "--dataset", "digits", "--attacks", "clean",
                    "--per-class", "5", "--out", str(out)])
     assert rc == 0 and json.loads(out.read_text())["rows"]["clean"]["n"] > 0
+
+
+def test_eval_rebuilds_a_bare_resnet_state_dict_of_other_channels(tmp_path, capsys):
+    """--channels says a ResNet-18 state dict's first-stage channels (it records none); a wrong count is
+    one line naming the mismatched weights, a non-positive one is refused before any work."""
+    torch.manual_seed(0)
+    torch.save(build_model("resnet18", 10, in_channels=1, channels=8).state_dict(), tmp_path / "r.pt")
+    out = tmp_path / "t.json"
+    rc = cli_main(["eval", "--checkpoint", str(tmp_path / "r.pt"), "--dataset", "digits", "--model", "resnet18",
+                   "--channels", "8", "--attacks", "clean", "--per-class", "2", "--out", str(out)])
+    assert rc == 0 and json.loads(out.read_text())["rows"]["clean"]["n"] == 20
+    capsys.readouterr()  # its progress bar
+    rc, err = _cli(capsys, "eval", "--checkpoint", str(tmp_path / "r.pt"), "--dataset", "digits", "--model",
+                   "resnet18", "--attacks", "clean")  # the default, 64 channels, does not fit
+    assert rc == 2 and "shape mismatches" in _one_line(err)
+    rc, err = _cli(capsys, "eval", "--checkpoint", str(tmp_path / "r.pt"), "--dataset", "digits", "--channels", "0")
+    assert rc == 2 and "--channels 0: must be positive" in _one_line(err)
