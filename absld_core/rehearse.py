@@ -314,20 +314,18 @@ def _narrow_widths(spec: dict) -> list[str]:
     """Overrides that narrow the students' and the teacher's sizes for the rehearsal (WRN widen
     factor 1, small CNN 8 channels, ResNet-18 16 first-stage channels); an external teacher
     checkpoint keeps its own."""
-    from .models import RESNETS
+    from .models import RESNET_CHANNELS, RESNETS
 
     P = {**params.defaults(), **spec["parameters"]}
     T = {**P, **spec["per_notebook"].get("02_teacher", {})}
+    sizes = [("", P, "")] + ([("02_teacher.", T, "teacher_")] if T.get("teacher_checkpoint") is None else [])
     out = []
-    for prefix, arch, width, channels in (("", P.get("arch"), "width", "channels"),
-                                          ("02_teacher.", T.get("teacher_arch"), "teacher_width", "teacher_channels")):
-        if prefix and T.get("teacher_checkpoint") is not None:
-            continue
-        W = T if prefix else P
-        if arch in NARROW and W.get(width) is not None and W[width] > NARROW[arch]:
-            out.append(f"{prefix}{width}={NARROW[arch]}")
-        if arch in RESNETS and (W.get(channels) or 64) > NARROW_CHANNELS:
-            out.append(f"{prefix}{channels}={NARROW_CHANNELS}")
+    for prefix, W, name in sizes:  # name: the parameters' prefix (teacher_arch, teacher_width, ...)
+        arch, width, channels = W.get(f"{name}arch"), W.get(f"{name}width"), W.get(f"{name}channels")
+        if arch in NARROW and width is not None and width > NARROW[arch]:
+            out.append(f"{prefix}{name}width={NARROW[arch]}")
+        if arch in RESNETS and (channels or RESNET_CHANNELS) > NARROW_CHANNELS:
+            out.append(f"{prefix}{name}channels={NARROW_CHANNELS}")
     return out
 
 

@@ -29,7 +29,7 @@ class Report:
     attack: str                 # the attack the claims and the class tables use (PGD-20 when there is one)
     tables: dict                # {attack: mean over seeds [95% interval] of Avg / Worst / NSD and classes}
     claims: list
-    findings: "Findings" = None  # the records, and what the temperature and kept-fraction figures show
+    findings: Findings = None    # the records, and what the temperature and kept-fraction figures show
 
     @property
     def claims_text(self) -> str:

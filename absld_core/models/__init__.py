@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ..checks import InputError
 from .checkpoint import CheckpointError, check_fits, load_checkpoint, load_state_dict, save_checkpoint
-from .resnet import preact_resnet18, resnet18
+from .resnet import CHANNELS as RESNET_CHANNELS, preact_resnet18, resnet18
 from .small import MobileNetV2, SmallCNN
 from .wrn import WideResNet
 
@@ -67,9 +67,9 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, *, mean: Sequ
     if key == "small_cnn":
         model = SmallCNN(num_classes, in_channels, width or 32, norm)
     elif key == "resnet18":
-        model = resnet18(num_classes, in_channels, channels or 64)
+        model = resnet18(num_classes, in_channels, channels or RESNET_CHANNELS)
     elif key == "preact_resnet18":
-        model = preact_resnet18(num_classes, in_channels, channels or 64)
+        model = preact_resnet18(num_classes, in_channels, channels or RESNET_CHANNELS)
     elif key == "mobilenet_v2":
         model = MobileNetV2(num_classes, in_channels)
     else:

@@ -69,10 +69,13 @@ class ResNet(nn.Module):
         return self.linear(out)
 
 
-def resnet18(num_classes=10, in_channels=3, channels: int = 64):
-    """channels: of the first stage (64 in the papers; the stages have channels x 1, 2, 4, 8)."""
+CHANNELS = 64  # the papers' first-stage channels of a ResNet-18
+
+
+def resnet18(num_classes=10, in_channels=3, channels: int = CHANNELS):
+    """channels: of the first stage (the stages have channels x 1, 2, 4, 8)."""
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, width=channels)
 
 
-def preact_resnet18(num_classes=10, in_channels=3, channels: int = 64):
+def preact_resnet18(num_classes=10, in_channels=3, channels: int = CHANNELS):
     return ResNet(PreActBlock, (2, 2, 2, 2), num_classes, in_channels, preact=True, width=channels)
