@@ -141,7 +141,7 @@ def _sweep(args) -> int:
     import os
 
     from .plan import study_plan
-    from .sweep import sweep
+    from .sweep import plan_precisions, sweep
 
     overrides = list(args.set)
     if args.seeds:
@@ -158,9 +158,13 @@ def _sweep(args) -> int:
     os.chdir(out)  # run_root and the teachers' paths are relative to it, as in `absld study --out`
     jobs = study_plan(args.preset, overrides)
     if args.list:
+        states = {j.key: j.status() for j in jobs}
         for j in jobs:
-            print(f"{j.status():10s} {j.key:32s} after {', '.join(j.deps) or '-'}")
+            print(f"{states[j.key]:10s} {j.key:32s} after {', '.join(j.deps) or '-'}")
         _print_temperature_budgets(jobs)
+        mixed = plan_precisions(jobs, states)
+        if mixed:
+            print(mixed)
         return 0
     if not (args.hours * 60 >= 1):
         raise UsageError(f"--hours {args.hours:g}: each job's time limit must be at least one minute (--hours 0.02)")

@@ -31,7 +31,7 @@ from .models import (build_model, check_fits, load_checkpoint, load_state_dict, 
                      save_checkpoint)
 from .models.checkpoint import atomic_torch_save
 from . import provenance, trackers
-from .precision import resolve as resolve_precision
+from .precision import Precision, for_resume as precision_for_resume, resolve as resolve_precision
 from .runs import RunDir, RunExistsError, RunLockedError, write_json_atomic
 from .schedule import lr_at, milestone_epochs, next_lr_factor
 
@@ -265,13 +265,15 @@ _LOAD = object()
 
 
 def make_session(cfg: TrainConfig, ds, device: torch.device, *, model: nn.Module | None = None,
-                 teacher=_LOAD, info: DistInfo | None = None, loader=None, wrap=None) -> Session:
+                 teacher=_LOAD, info: DistInfo | None = None, loader=None, wrap=None,
+                 prec: Precision | None = None) -> Session:
     """A Session for `cfg` on data `ds` (a Dataset, or anything with num_classes, image_shape, val_x,
     val_y): the student (built from cfg unless given), the method, the teacher (loaded from
     cfg.method.teacher unless given; None for none) and the optimiser, in the run's precision and memory
-    format. wrap(forward) may wrap the training forward (the rehearsal counts what it saves)."""
+    format (prec, or the one cfg resolves to on `device`). wrap(forward) may wrap the training forward
+    (the rehearsal counts what it saves)."""
     info = info or DistInfo()
-    prec = resolve_precision(cfg, device)
+    prec = prec or resolve_precision(cfg, device)
     mf = torch.channels_last if prec.channels_last else torch.contiguous_format
     model = (model if model is not None else build_student(cfg, ds)).to(device, memory_format=mf)
     method: Method = build_method(cfg.method, ds.num_classes, device, cfg)
@@ -283,6 +285,12 @@ def make_session(cfg: TrainConfig, ds, device: torch.device, *, model: nn.Module
     return Session(cfg, ds, device, model, method, teacher, opt, info, prec, loader, wrap)
 
 
+def _recorded_precision(run: RunDir):
+    """The precision record a run's config.json kept when it started (None for none)."""
+    resolved = run.read_config().get("resolved")
+    return resolved.get("precision") if isinstance(resolved, dict) else None
+
+
 def _train(cfg: TrainConfig, run: RunDir, info: DistInfo, device: torch.device) -> Path:
     resume = _prepare_run_dir(cfg, run, info)
     if resume and run.finished():
@@ -292,9 +300,10 @@ def _train(cfg: TrainConfig, run: RunDir, info: DistInfo, device: torch.device) 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
 
+    prec, differs = precision_for_resume(cfg, device, _recorded_precision(run), str(run.config)) if resume else (None, None)
     ds = prepare_data(cfg)
     meta = model_meta(cfg, ds)
-    session = make_session(cfg, ds, device, info=info)
+    session = make_session(cfg, ds, device, info=info, prec=prec)
     model, method, opt, prec = session.model, session.method, session.opt, session.prec
     mf = torch.channels_last if prec.channels_last else torch.contiguous_format
     session.loader = loader = BatchIterator(ds.train_x, ds.train_y, cfg.optim.batch_size, shuffle=True,
@@ -329,6 +338,8 @@ def _train(cfg: TrainConfig, run: RunDir, info: DistInfo, device: torch.device) 
                                        "method": method.resolved(), "precision": prec.as_record(),
                                        **provenance.record(method)}})
         run.set_status("running", epoch=start - 1)
+        if differs:
+            print(f"{cfg.name}: {differs}", flush=True)
         if cfg.progress:
             print(f"{cfg.name}: {prec.describe()}, {torch.get_num_threads()} thread(s)", flush=True)
     if resume:

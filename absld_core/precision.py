@@ -9,6 +9,8 @@ slower than fp32), or a CUDA GPU of compute capability 8.0 or newer. Under bf16 
 autocast (the teacher's forward pass for the soft labels included; its logits are taken to fp32 before the
 temperatures divide them) and so do the training-time attack passes (10 of the 12 passes of an ABSLD step:
 bf16 pays only when they use it too). Evaluation attacks always run in fp32 (the engine never passes them a dtype).
+A resumed run continues in the precision it recorded when it started, not in the one this machine's `auto`
+would pick (for_resume), and mix_note says when one study's runs would train in more than one.
 """
 from __future__ import annotations
 
@@ -79,3 +81,51 @@ def resolve(cfg, device: torch.device) -> Precision:
     attack = cfg.attack.amp_dtype or train
     channels_last = cfg.channels_last if cfg.channels_last is not None else train == "bf16"
     return Precision(train, attack, bool(channels_last), reason)
+
+
+def from_record(record, source: str = "the run's config.json") -> Precision | None:
+    """The Precision a run recorded when it started (its config.json's resolved.precision); None for a
+    run that recorded none. A record that is not one is refused, naming what is wrong."""
+    if record is None:
+        return None
+    allowed = ("fp32", "bf16")
+    if (not isinstance(record, dict) or record.get("train") not in allowed or record.get("attack") not in allowed
+            or not isinstance(record.get("channels_last"), bool)):
+        raise ValueError(f"{source}: resolved.precision={record!r} is not a precision record; allowed: train and "
+                         f"attack each one of {', '.join(allowed)}, channels_last true or false")
+    return Precision(record["train"], record["attack"], record["channels_last"], str(record.get("reason", "")))
+
+
+def for_resume(cfg, device: torch.device, record, source: str = "the run's config.json") -> tuple[Precision, str | None]:
+    """The precision a resumed run continues in: the one it started in, whatever this machine's `auto`
+    would pick (half a run in fp32 and half in bf16 is neither, and the resume would not be exact), and a
+    sentence saying so when the two differ (None when they agree or the run recorded none)."""
+    started = from_record(record, source)
+    here = resolve(cfg, device)
+    if started is None:
+        return here, None
+    if _same(started, here):
+        return started, None
+    return started, (f"resuming in the precision the run started in ({started.describe()}); on this machine "
+                     f"precision={cfg.precision!r} gives {here.describe()}")
+
+
+def _same(a: Precision, b: Precision) -> bool:
+    return (a.train, a.attack, a.channels_last) == (b.train, b.attack, b.channels_last)
+
+
+def mix_note(started: dict[str, str], planned: dict[str, str]) -> str | None:
+    """A sentence when the runs of one study train in more than one precision: started maps a run that
+    has trained (all or part) to the training precision it recorded, planned a run still to train to the
+    one it gets on this machine. None when every run has the same one."""
+    every = {**started, **planned}
+    kinds = sorted(set(every.values()))
+    if len(kinds) < 2:
+        return None
+    counts = ", ".join(f"{sum(v == k for v in every.values())} in {k}" for k in kinds)
+    said = f"the study's runs mix precisions ({counts})"
+    if planned:
+        said += (f": the started ones trained in {' and '.join(sorted(set(started.values())))}, the "
+                 f"{len(planned)} still to train get {' and '.join(sorted(set(planned.values())))} on this machine")
+    return (said + ". Runs of one study should share one: finish it on the kind of machine it started on, "
+            "or fix `precision` in the preset (fp32 or bf16) and train it again")

@@ -97,6 +97,33 @@ def plan_threads(jobs: list[Job]) -> int | None:
     return next(iter(counts), None)
 
 
+def plan_precisions(jobs: list[Job], states: dict[str, str] | None = None) -> str | None:
+    """A sentence when the plan's runs would train in more than one precision (precision.mix_note): a
+    started run keeps the one it recorded, a run still to train gets what its config resolves to on this
+    machine (a CUDA run where this machine has no GPU is not counted). None when they agree."""
+    import torch
+
+    from .config import TrainConfig
+    from .precision import from_record, mix_note, resolve
+    from .runs import RunDir
+
+    states = states or {j.key: j.status() for j in jobs}
+    started, planned = {}, {}
+    for j in jobs:
+        run = RunDir(j.run_dir)
+        if states[j.key] in ("done", "unfinished", "reevaluate") and run.config.is_file():
+            resolved = run.read_config().get("resolved")
+            rec = from_record(resolved.get("precision") if isinstance(resolved, dict) else None, str(run.config))
+            if rec is not None:
+                started[j.key] = rec.train
+                continue
+        device = torch.device(j.config.get("device") or "cpu")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            continue
+        planned[j.key] = resolve(TrainConfig.from_dict(j.config), device).train
+    return mix_note(started, planned)
+
+
 def sweep(jobs: list[Job], executor: str = "local", *, workers: int | None = None, threads: int | None = None,
           log_root: str | Path, slurm: dict | None = None, log=print, poll: float = 0.5) -> SweepResult:
     """Run the plan's unfinished jobs, each once its dependencies are done; never runs a job twice
@@ -121,8 +148,9 @@ def sweep(jobs: list[Job], executor: str = "local", *, workers: int | None = Non
     log_root = Path(log_root)
     result = SweepResult()
     pending: dict[str, Job] = {}
+    states = {j.key: j.status() for j in jobs}
     for j in jobs:
-        state = j.status()
+        state = states[j.key]
         if state == "done":
             result.outcomes[j.key] = Outcome(j.key, "skipped", run_dir=str(j.run_dir))
         else:
@@ -130,6 +158,9 @@ def sweep(jobs: list[Job], executor: str = "local", *, workers: int | None = Non
     backend = _Local(workers, threads, log_root) if executor == "local" else _Submitit(threads, log_root, slurm or {})
     log(f"sweep: {len(jobs)} runs in the plan, {len(pending)} to train ("
         + (f"local, {workers} workers x {threads} thread(s))" if executor == "local" else backend.describe() + ")"))
+    mixed = plan_precisions(jobs, states)
+    if mixed:
+        log(f"sweep: {mixed}")
     running: dict[str, tuple[object, float]] = {}
     try:
         with _terminate_on_sigterm():

@@ -80,3 +80,99 @@ def test_the_teachers_soft_label_pass_follows_the_training_precision(name):
         assert seen == [expect]
         assert p_adv.dtype == p_nat.dtype == torch.float32
         assert torch.allclose(p_adv.sum(1), torch.ones(4))
+
+
+@pytest.mark.parametrize("started, here", [([], ["avx512_bf16"]), (["avx512_bf16"], [])])
+def test_a_resumed_run_keeps_the_precision_it_started_in(monkeypatch, tmp_path, capsys, started, here):
+    """A run stopped on one kind of CPU and resumed on another (auto picks the other precision there)
+    continues in the one it started in, says so, records it unchanged, and ends with the same weights as
+    a run that never stopped."""
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda *a: started)
+    kind = "bf16" if started else "fp32"
+    full = train(tiny("full", "pgd_at", tmp_path, optim__epochs=2, precision="auto"))
+    part = tiny("part", "pgd_at", tmp_path, optim__epochs=2, precision="auto", stop_after=1)
+    train(part)
+    capsys.readouterr()
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda *a: here)
+    resumed = train({**part, "stop_after": None, "resume": True})
+    said = capsys.readouterr().out
+    assert f"resuming in the precision the run started in (training passes {kind}" in said
+    assert f"on this machine precision='auto' gives training passes {'fp32' if started else 'bf16'}" in said
+    rec = json.loads((resumed / "config.json").read_text())["resolved"]["precision"]
+    assert (rec["train"], rec["attack"]) == (kind, kind)
+    a, b = torch.load(full / "last.pt", weights_only=True), torch.load(resumed / "last.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_a_resume_on_the_same_kind_of_machine_says_nothing(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda *a: [])
+    part = tiny("part", "natural", tmp_path, optim__epochs=2, precision="auto", stop_after=1)
+    train(part)
+    train({**part, "stop_after": None, "resume": True})
+    assert "resuming in the precision" not in capsys.readouterr().out
+
+
+def test_a_precision_record_that_is_not_one_is_refused():
+    assert precision.from_record(None) is None
+    p = precision.from_record({"train": "bf16", "attack": "fp32", "channels_last": True, "reason": "r"})
+    assert (p.train, p.attack, p.channels_last) == ("bf16", "fp32", True)
+    for bad in ({"train": "fp16", "attack": "fp32", "channels_last": False}, {"train": "fp32"}, "fp32",
+                {"train": "fp32", "attack": "fp32", "channels_last": "no"}):
+        with pytest.raises(ValueError, match=r"run/config.json: resolved.precision=.* is not a precision record; "
+                                             r"allowed: train and attack each one of fp32, bf16"):
+            precision.from_record(bad, "run/config.json")
+
+
+def test_the_mix_of_precisions_in_one_study_is_named():
+    assert precision.mix_note({"a": "fp32"}, {"b": "fp32", "c": "fp32"}) is None
+    assert precision.mix_note({}, {}) is None
+    said = precision.mix_note({"a": "fp32", "b": "fp32"}, {"c": "bf16"})
+    assert said.startswith("the study's runs mix precisions (1 in bf16, 2 in fp32): the started ones trained in "
+                           "fp32, the 1 still to train get bf16 on this machine")
+    assert "fix `precision` in the preset" in said
+    assert precision.mix_note({"a": "fp32", "b": "bf16"}, {}).startswith(
+        "the study's runs mix precisions (1 in bf16, 1 in fp32). Runs of one study")
+
+
+def test_the_sweep_names_a_plan_whose_runs_would_mix_precisions(monkeypatch, tmp_path):
+    """plan_precisions: a started run counts with the precision it recorded, a new one with the one
+    auto gives on this machine; on a machine of the kind the study started on there is nothing to say."""
+    from absld_core.plan import Job
+    from absld_core.sweep import plan_precisions
+
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda *a: [])
+    cfgs = [tiny(f"r{i}", "natural", tmp_path, optim__epochs=1, precision="auto") for i in range(3)]
+    train(cfgs[0])
+    train({**cfgs[1], "optim": {**cfgs[1]["optim"], "epochs": 2}, "stop_after": 1})
+    jobs = [Job(f"s0/r{i}", "nb", 0, f"r{i}", c) for i, c in enumerate(cfgs)]
+    jobs[1] = Job("s0/r1", "nb", 0, "r1", {**cfgs[1], "optim": {**cfgs[1]["optim"], "epochs": 2}})
+    states = {j.key: j.status() for j in jobs}
+    assert states == {"s0/r0": "done", "s0/r1": "unfinished", "s0/r2": "new"}
+    assert plan_precisions(jobs, states) is None
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda *a: ["amx_bf16"])
+    said = plan_precisions(jobs, states)
+    assert said.startswith("the study's runs mix precisions (1 in bf16, 2 in fp32): the started ones trained in "
+                           "fp32, the 1 still to train get bf16 on this machine")
+
+
+def test_the_study_names_the_mix_of_its_plan(monkeypatch, tmp_path):
+    """absld study (study.precision_mix) on the smoke preset's real plan: one run started in bf16 on
+    another machine, the rest to train here in fp32."""
+    from absld_core.plan import study_plan
+    from absld_core.runs import RunDir, write_json_atomic
+    from absld_core.study import precision_mix
+
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda *a: [])
+    assert precision_mix("smoke", None, tmp_path) is None
+    monkeypatch.chdir(tmp_path)
+    jobs = study_plan("smoke")
+    job = next(j for j in jobs if j.pair is None)
+    run = RunDir(job.run_dir)
+    run.path.mkdir(parents=True)
+    bf16 = {"train": "bf16", "attack": "bf16", "channels_last": True, "reason": "auto: CPU with avx512_bf16"}
+    write_json_atomic(run.config, {**TrainConfig.from_dict(job.config).to_json(), "resolved": {"precision": bf16}})
+    assert job.status() == "unfinished"
+    monkeypatch.chdir("/")
+    said = precision_mix("smoke", None, tmp_path)
+    assert said.startswith(f"the study's runs mix precisions (1 in bf16, {len(jobs) - 1} in fp32): the started ones "
+                           f"trained in bf16, the {len(jobs) - 1} still to train get fp32 on this machine")
