@@ -123,7 +123,7 @@ def class_bars(table: pd.DataFrame, classes: Sequence[str] | None = None, title:
     ax.set_xticks(x, classes, rotation=_rotation(classes))
     ax.set(xlabel=_hard_note("class", hard, hard_words), ylabel=ylabel, title=title, ylim=(0, 100),
            xlim=(-0.6, n_cls - 0.4))
-    extra = [Line2D([], [], ls="--", color="0.3", lw=1, label="mean over classes (per row)")]
+    extra = [Line2D([], [], ls="--", color="0.3", lw=1, label="dashed: mean over classes, in its bars' colour")]
     if hard:
         extra.append(_hard_patch(hard, hard_words))
     if elo is not None:
