@@ -184,9 +184,8 @@ def smoothness_comparison(summary: pd.DataFrame, diff, classes: Sequence[str], h
     bot.axhline(0, color="black", lw=1)
     a, b = (str(n).split(" (")[0] for n in (diff.a, diff.b))
     nsd, lo, hi = diff["nsd"]
-    bot.text(0.99, 0.96, f"NSD {a} - {b}: {nsd:+.3f} [{lo:+.3f}, {hi:+.3f}]", transform=bot.transAxes,
-             ha="right", va="top", fontsize=9, bbox={"facecolor": "white", "alpha": 0.9, "edgecolor": "0.8"})
-    bot.set(ylabel=f"{a} - {b} (points)", title=f"Paired difference {a} - {b}, 95% interval")
+    bot.set(ylabel=f"{a} - {b} (points)",   # NSD in the title: a box inside the axes would hide a whisker
+            title=f"Paired difference {a} - {b}, 95% interval (NSD: {nsd:+.3f} [{lo:+.3f}, {hi:+.3f}])")
     handles += [Line2D([], [], ls="", marker="o", color="tab:green", label=f"{a} - {b}: interval above 0"),
                 Line2D([], [], ls="", marker="o", color="tab:red", label="interval below 0"),
                 Line2D([], [], ls="", marker="o", color="0.35", label="interval covers 0")]
@@ -429,10 +428,11 @@ def soft_label_plot(images: np.ndarray, probs: np.ndarray, labels: Sequence[int]
     return fig
 
 
-def describe_smoothness(diff, ssd: str, dsd: str, hard: Sequence[str]) -> str:
+def describe_smoothness(diff, ssd: str, dsd: str, hard: Sequence[str] | dict) -> str:
     """What an SSD-vs-DSD comparison shows, computed from the paired difference DSD - SSD (intervals.Difference):
     the claim holds when the worst class is distinguishably higher and the average not distinguishably
-    lower; the sentence says what the average's interval says, and the verdict what the interval covers."""
+    lower; the sentence says what the average's interval says, and the verdict what the interval covers.
+    hard: the hard classes, or {seed: that seed's} (smoothness.hard_by_seed), named per seed where they differ."""
     from .intervals import describe, verdict
 
     lines = [describe(diff, m, dsd, ssd) for m in ("worst", "avg", "nsd")]
@@ -453,5 +453,18 @@ def describe_smoothness(diff, ssd: str, dsd: str, hard: Sequence[str]) -> str:
         why = f"DSD lifts the worst class but {average}."
     head = verdict(holds, n)
     head = head[:2] + head[2].upper() + head[3:]
-    return (f"Hard classes (the reference run's highest validation error): {', '.join(hard)}.\n\n"
-            + "\n".join(f"- {t}" for t in lines) + f"\n\n{head}: {why}")
+    return f"{_hard_sentence(hard)}\n\n" + "\n".join(f"- {t}" for t in lines) + f"\n\n{head}: {why}"
+
+
+def _hard_sentence(hard: Sequence[str] | dict) -> str:
+    """The hard classes of an SSD/DSD comparison; per seed when the seeds' reference runs rank them differently."""
+    words = "Hard classes (the reference run's highest validation error)"
+    if not isinstance(hard, dict):
+        return f"{words}: {', '.join(hard)}."
+    kinds = {tuple(h) for h in hard.values()}
+    if len(kinds) > 1:
+        return ("Hard classes (each seed's reference run, highest validation error; each seed's DSD sharpens its "
+                "own): " + "; ".join(f"seed {s}: {', '.join(hard[s])}" for s in sorted(hard))
+                + f". The figures shade seed {min(hard)}'s.")
+    same = " (every seed's reference run ranks the same)" if len(hard) > 1 else ""
+    return f"{words}: {', '.join(next(iter(kinds), ()))}{same}."

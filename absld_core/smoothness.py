@@ -35,6 +35,19 @@ def ranking(error: np.ndarray, classes: list[str]) -> list[str]:
     return [classes[i] for i in np.argsort(-np.asarray(error, dtype=float))]
 
 
+def hard_by_seed(references: dict, n_hard: int) -> dict[int, list[str]]:
+    """{seed: the n_hard hardest classes of that seed's reference run}: each seed's DSD follows its own."""
+    return {seed: ranking(*class_error(run))[:n_hard] for seed, run in references.items()}
+
+
+def pair_hard_words(hard_words: str, hard_of: dict[int, list[str]]) -> str:
+    """The study's hard-class caption for an SSD/DSD figure: where the seeds' reference runs rank their
+    hardest classes differently, it adds that each seed's DSD follows its own."""
+    if len({tuple(h) for h in hard_of.values()}) > 1:
+        return f"{hard_words};\neach seed's DSD follows its own reference run's ranking"
+    return hard_words
+
+
 def dsd_values(error: np.ndarray, sharp: float, smooth: float) -> np.ndarray:
     """Per class, linear in the class error: the hardest class gets `sharp`, the easiest `smooth`."""
     e = np.asarray(error, dtype=float)

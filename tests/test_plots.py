@@ -171,3 +171,25 @@ def test_temperatures_over_seeds_draw_the_mean_and_the_bounds():
     assert [1.0, 1.0] in ys  # class y: the mean of 0.5 and 1.5
     assert [0.5, 0.5] in ys and [5.0, 5.0] in ys  # tau_min and tau_max
     assert "mean over 2 seeds" in fig._suptitle.get_text()
+
+
+def test_the_smoothness_text_names_each_seeds_hard_classes_where_they_differ():
+    """Each seed's DSD sharpens its own reference run's hardest classes: the text names them per seed
+    when the seeds rank differently, and once when they agree (or for one seed)."""
+    diff = _diff((3.0, -4.0, 9.0), (0.1, -1, 1), (0.0, -0.1, 0.1), seeds=2)
+    differ = plots.describe_smoothness(diff, "SSD", "DSD", {0: ["3", "9"], 1: ["3", "0"]})
+    assert differ.startswith("Hard classes (each seed's reference run, highest validation error; each seed's DSD "
+                             "sharpens its own): seed 0: 3, 9; seed 1: 3, 0. The figures shade seed 0's.\n\n")
+    same = plots.describe_smoothness(diff, "SSD", "DSD", {0: ["3", "9"], 1: ["3", "9"]})
+    assert same.startswith("Hard classes (the reference run's highest validation error): 3, 9 (every seed's "
+                           "reference run ranks the same).\n\n")
+    one = plots.describe_smoothness(diff, "SSD", "DSD", {4: ["7"]})
+    assert one.startswith("Hard classes (the reference run's highest validation error): 7.\n\n")
+
+
+def test_the_pair_figures_caption_says_when_each_seed_sharpens_its_own_classes():
+    from absld_core.smoothness import pair_hard_words
+
+    words = "hard: the 3 classes with the highest validation robust error of the reference PGD-AT run (seed 0)"
+    assert pair_hard_words(words, {0: ["3"], 1: ["5"]}) == words + ";\neach seed's DSD follows its own reference run's ranking"
+    assert pair_hard_words(words, {0: ["3"], 1: ["3"]}) == words
