@@ -359,10 +359,11 @@ def kept_fraction(histories: dict, title: str = "Early dropping: fraction of eac
 
 def schedule_plot(tau_adv: np.ndarray, tau_nat: np.ndarray, classes: Sequence[str], title: str = "Replayed schedule",
                   note: str | None = None, recorded: tuple | None = None, ylim: tuple | None = None,
-                  bounds: tuple | None = None):
+                  bounds: tuple | None = None, marked_epoch: int | None = None):
     """Temperature schedules (epochs x classes arrays, row 0 = initial) as two line panels; `recorded`
-    (tau_adv, tau_nat) of the run itself drawn thin and grey beneath them, `bounds` dashed, a fixed
-    `ylim`; `note` (the temperature budget, say) goes under them."""
+    (tau_adv, tau_nat) of the run itself drawn thin and grey beneath them, `bounds` dotted, a fixed
+    `ylim`, `marked_epoch` (the soft labels' epoch) a vertical line, each keyed; `note` (the temperature
+    budget, say) goes above them."""
     _style()
     from matplotlib.lines import Line2D
 
@@ -378,6 +379,8 @@ def schedule_plot(tau_adv: np.ndarray, tau_nat: np.ndarray, classes: Sequence[st
         if bounds is not None:
             for b in bounds:
                 ax.axhline(b, color="0.3", ls=":", lw=1)
+        if marked_epoch is not None:
+            ax.axvline(marked_epoch, color="k", lw=1, ls=":")
         ax.set(title=f"{title}: {name}", xlabel="epoch (0: initial)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ylim is not None:
@@ -386,6 +389,10 @@ def schedule_plot(tau_adv: np.ndarray, tau_nat: np.ndarray, classes: Sequence[st
     h, lab = axes[0].get_legend_handles_labels()
     if recorded is not None:
         h, lab = h + [Line2D([], [], color="0.6", ls="--", lw=0.8)], lab + ["the run's own schedule"]
+    if bounds is not None:
+        h, lab = h + [Line2D([], [], color="0.3", ls=":", lw=1)], lab + [f"bounds {bounds[0]:g}, {bounds[1]:g}"]
+    if marked_epoch is not None:
+        h, lab = h + [Line2D([], [], color="k", ls=":", lw=1)], lab + [f"epoch {marked_epoch}: the soft labels'"]
     fig.legend(h, lab, loc="upper center", bbox_to_anchor=(0.5, 0.02), ncols=6, frameon=False, title="class")
     fig.tight_layout()
     if note:

@@ -69,10 +69,8 @@ class Explorer:
         e = len(ta) - 1 if epoch is None else int(np.clip(epoch, 0, len(ta) - 1))
         top = max(float(self.recorded.tau_max), float(s.tau_max), 5.0) * 1.08  # fixed unless the bounds grow past it
         fig1 = plots.schedule_plot(ta, tn, self.classes, title="Replayed", recorded=self.schedules(self.recorded),
-                                   ylim=(0, top), bounds=(s.tau_min, s.tau_max),
+                                   ylim=(0, top), bounds=(s.tau_min, s.tau_max), marked_epoch=e,
                                    note=f"These settings: {travel_text(s, len(ta) - 1)}.")
-        for ax in fig1.axes:
-            ax.axvline(e, color="k", lw=1, ls=":")
         probs = soft_labels(self.teacher_logits, self.labels, ta[e])
         fig2 = plots.soft_label_plot(self.images.numpy(), probs, self.labels.tolist(), self.classes,
                                      temperatures=[float(ta[e][int(c)]) for c in self.labels], roles=self.roles,

@@ -193,3 +193,11 @@ def test_the_pair_figures_caption_says_when_each_seed_sharpens_its_own_classes()
     words = "hard: the 3 classes with the highest validation robust error of the reference PGD-AT run (seed 0)"
     assert pair_hard_words(words, {0: ["3"], 1: ["5"]}) == words + ";\neach seed's DSD follows its own reference run's ranking"
     assert pair_hard_words(words, {0: ["3"], 1: ["3"]}) == words
+
+
+def test_the_explorer_schedule_keys_its_bounds_and_the_soft_labels_epoch():
+    t = np.ones((4, 3))
+    fig = plots.schedule_plot(t, t, ["a", "b", "c"], recorded=(t, t), bounds=(0.5, 5.0), marked_epoch=2)
+    labels = [x.get_text() for x in fig.legends[0].get_texts()]
+    assert labels == ["a", "b", "c", "the run's own schedule", "bounds 0.5, 5", "epoch 2: the soft labels'"]
+    assert all(any(line.get_xdata()[0] == 2 for line in ax.lines if line.get_linestyle() == ":") for ax in fig.axes)
