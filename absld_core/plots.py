@@ -380,7 +380,7 @@ def schedule_plot(tau_adv: np.ndarray, tau_nat: np.ndarray, classes: Sequence[st
             for b in bounds:
                 ax.axhline(b, color="0.3", ls=":", lw=1)
         if marked_epoch is not None:
-            ax.axvline(marked_epoch, color="k", lw=1, ls=":")
+            ax.axvline(marked_epoch, color="k", lw=1, ls="-.")
         ax.set(title=f"{title}: {name}", xlabel="epoch (0: initial)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ylim is not None:
@@ -392,8 +392,8 @@ def schedule_plot(tau_adv: np.ndarray, tau_nat: np.ndarray, classes: Sequence[st
     if bounds is not None:
         h, lab = h + [Line2D([], [], color="0.3", ls=":", lw=1)], lab + [f"bounds {bounds[0]:g}, {bounds[1]:g}"]
     if marked_epoch is not None:
-        h, lab = h + [Line2D([], [], color="k", ls=":", lw=1)], lab + [f"epoch {marked_epoch}: the soft labels'"]
-    fig.legend(h, lab, loc="upper center", bbox_to_anchor=(0.5, 0.02), ncols=6, frameon=False, title="class")
+        h, lab = h + [Line2D([], [], color="k", ls="-.", lw=1)], lab + [f"epoch {marked_epoch}: the soft labels'"]
+    fig.legend(h, lab, loc="upper center", bbox_to_anchor=(0.5, 0.02), ncols=7, frameon=False, title="class")
     fig.tight_layout()
     if note:
         fig.text(0.5, 1.0, note, ha="center", va="bottom", fontsize=9, color="0.25")
