@@ -132,7 +132,12 @@ def _study(args) -> int:
 
         return rehearse(args.preset, args.set, out_root=args.out, tflops=args.tflops)
     from .plan import study_plan
+    from .sweep import preset_precisions
+
     study_plan(args.preset, args.set)   # every run's config built (method names included) before any trains
+    mixed = preset_precisions(args.preset, args.set, Path(args.out).resolve())
+    if mixed:
+        print(f"study: {mixed}")
     return run_study(args.preset, overrides=args.set, force=args.force, out_root=args.out)
 
 

@@ -177,9 +177,6 @@ def run_study(preset: str = "smoke", overrides: list[str] | None = None, force: 
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
     package, upstream = code_hash(), ""
     log(f"study {name!r}: {len(spec['notebooks'])} notebooks -> {run_root}, figures -> {fig_root}")
-    mixed = precision_mix(preset, overrides, out_root)
-    if mixed:
-        log(f"study {name!r}: {mixed}")
     for nb in spec["notebooks"]:
         src = ROOT / "notebooks" / f"{nb}.ipynb"
         dst = run_root / "notebooks" / f"{nb}.ipynb"
@@ -227,20 +224,6 @@ def run_study(preset: str = "smoke", overrides: list[str] | None = None, force: 
             f"kernels and the precision `auto` picks (bf16 only where the CPU has it natively), so another kind "
             f"of machine draws other figures; `git checkout -- {fig_root}` restores the committed ones.")
     return 0
-
-
-def precision_mix(preset: str, overrides: list[str] | None, out_root: Path) -> str | None:
-    """sweep.plan_precisions for the preset's runs under out_root: a sentence when its finished runs and
-    the ones still to train would not share one precision, else None."""
-    from contextlib import chdir
-
-    from .plan import study_plan
-    from .sweep import plan_precisions
-
-    if Path(preset).suffix in (".yaml", ".yml") and Path(preset).is_file():
-        preset = str(Path(preset).resolve())   # read from where it was given, as the sweep does
-    with chdir(out_root):   # the plan's run paths are relative to it
-        return plan_precisions(study_plan(preset, overrides))
 
 
 def tracked_changes(folder: str | Path) -> list[str]:

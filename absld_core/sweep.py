@@ -124,6 +124,18 @@ def plan_precisions(jobs: list[Job], states: dict[str, str] | None = None) -> st
     return mix_note(started, planned)
 
 
+def preset_precisions(preset: str, overrides: list[str] | None, out_root: str | Path) -> str | None:
+    """plan_precisions for a preset's runs under out_root (what `absld study` says before it renders)."""
+    from contextlib import chdir
+
+    from .plan import study_plan
+
+    if Path(preset).suffix in (".yaml", ".yml") and Path(preset).is_file():
+        preset = str(Path(preset).resolve())   # read from where it was given
+    with chdir(out_root):   # the plan's run paths are relative to it
+        return plan_precisions(study_plan(preset, overrides))
+
+
 def sweep(jobs: list[Job], executor: str = "local", *, workers: int | None = None, threads: int | None = None,
           log_root: str | Path, slurm: dict | None = None, log=print, poll: float = 0.5) -> SweepResult:
     """Run the plan's unfinished jobs, each once its dependencies are done; never runs a job twice

@@ -155,12 +155,12 @@ def test_the_sweep_names_a_plan_whose_runs_would_mix_precisions(monkeypatch, tmp
                            "fp32, the 1 still to train get bf16 on this machine")
 
 
-def test_the_study_names_the_mix_of_its_plan(monkeypatch, tmp_path):
-    """absld study (study.precision_mix) on the smoke preset's real plan: one run started in bf16 on
+def test_the_study_names_the_mix_of_its_plan(monkeypatch, tmp_path, capsys):
+    """absld study (sweep.preset_precisions) on the smoke preset's real plan: one run started in bf16 on
     another machine, the rest to train here in fp32."""
     from absld_core.plan import study_plan
     from absld_core.runs import RunDir, write_json_atomic
-    from absld_core.study import precision_mix
+    from absld_core.sweep import preset_precisions as precision_mix
 
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda *a: [])
     assert precision_mix("smoke", None, tmp_path) is None
@@ -176,3 +176,10 @@ def test_the_study_names_the_mix_of_its_plan(monkeypatch, tmp_path):
     said = precision_mix("smoke", None, tmp_path)
     assert said.startswith(f"the study's runs mix precisions (1 in bf16, {len(jobs) - 1} in fp32): the started ones "
                            f"trained in bf16, the {len(jobs) - 1} still to train get fp32 on this machine")
+    # absld study says it before it renders anything (the rendering itself is not this test's)
+    import absld_core.study
+    from absld_core.cli import main
+
+    monkeypatch.setattr(absld_core.study, "run_study", lambda *a, **k: 0)
+    assert main(["study", "--preset", "smoke", "--out", str(tmp_path)]) == 0
+    assert f"study: {said}" in capsys.readouterr().out
