@@ -285,12 +285,6 @@ def make_session(cfg: TrainConfig, ds, device: torch.device, *, model: nn.Module
     return Session(cfg, ds, device, model, method, teacher, opt, info, prec, loader, wrap)
 
 
-def _recorded_precision(run: RunDir):
-    """The precision record a run's config.json kept when it started (None for none)."""
-    resolved = run.read_config().get("resolved")
-    return resolved.get("precision") if isinstance(resolved, dict) else None
-
-
 def _train(cfg: TrainConfig, run: RunDir, info: DistInfo, device: torch.device) -> Path:
     resume = _prepare_run_dir(cfg, run, info)
     if resume and run.finished():
@@ -300,7 +294,7 @@ def _train(cfg: TrainConfig, run: RunDir, info: DistInfo, device: torch.device) 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
 
-    prec, differs = precision_for_resume(cfg, device, _recorded_precision(run), str(run.config)) if resume else (None, None)
+    prec, differs = precision_for_resume(cfg, device, run.read_config(), str(run.config)) if resume else (None, None)
     ds = prepare_data(cfg)
     meta = model_meta(cfg, ds)
     session = make_session(cfg, ds, device, info=info, prec=prec)

@@ -96,11 +96,17 @@ def from_record(record, source: str = "the run's config.json") -> Precision | No
     return Precision(record["train"], record["attack"], record["channels_last"], str(record.get("reason", "")))
 
 
-def for_resume(cfg, device: torch.device, record, source: str = "the run's config.json") -> tuple[Precision, str | None]:
-    """The precision a resumed run continues in: the one it started in, whatever this machine's `auto`
-    would pick (half a run in fp32 and half in bf16 is neither, and the resume would not be exact), and a
-    sentence saying so when the two differ (None when they agree or the run recorded none)."""
-    started = from_record(record, source)
+def started_in(config: dict, source: str = "the run's config.json") -> Precision | None:
+    """The Precision a run's config.json recorded when it started (its resolved.precision), or None."""
+    resolved = config.get("resolved")
+    return from_record(resolved.get("precision") if isinstance(resolved, dict) else None, source)
+
+
+def for_resume(cfg, device: torch.device, config: dict, source: str = "the run's config.json") -> tuple[Precision, str | None]:
+    """The precision a resumed run continues in: the one its config.json recorded when it started, whatever
+    this machine's `auto` would pick (half a run in fp32 and half in bf16 is neither, and the resume would
+    not be exact), and a sentence saying so when the two differ (None when they agree or it recorded none)."""
+    started = started_in(config, source)
     here = resolve(cfg, device)
     if started is None:
         return here, None

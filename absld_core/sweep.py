@@ -104,7 +104,7 @@ def plan_precisions(jobs: list[Job], states: dict[str, str] | None = None) -> st
     import torch
 
     from .config import TrainConfig
-    from .precision import from_record, mix_note, resolve
+    from .precision import mix_note, resolve, started_in
     from .runs import RunDir
 
     states = states or {j.key: j.status() for j in jobs}
@@ -112,8 +112,7 @@ def plan_precisions(jobs: list[Job], states: dict[str, str] | None = None) -> st
     for j in jobs:
         run = RunDir(j.run_dir)
         if states[j.key] in ("done", "unfinished", "reevaluate") and run.config.is_file():
-            resolved = run.read_config().get("resolved")
-            rec = from_record(resolved.get("precision") if isinstance(resolved, dict) else None, str(run.config))
+            rec = started_in(run.read_config(), str(run.config))
             if rec is not None:
                 started[j.key] = rec.train
                 continue
