@@ -466,12 +466,13 @@ def describe_smoothness(diff, ssd: str, dsd: str, hard: Sequence[str] | dict) ->
 def _hard_sentence(hard: Sequence[str] | dict) -> str:
     """The hard classes of an SSD/DSD comparison; per seed when the seeds' reference runs rank them differently."""
     words = "Hard classes (the reference run's highest validation error)"
+    from .smoothness import ranked_differently
+
     if not isinstance(hard, dict):
         return f"{words}: {', '.join(hard)}."
-    kinds = {tuple(h) for h in hard.values()}
-    if len(kinds) > 1:
+    if ranked_differently(hard):
         return ("Hard classes (each seed's reference run, highest validation error; each seed's DSD sharpens its "
                 "own): " + "; ".join(f"seed {s}: {', '.join(hard[s])}" for s in sorted(hard))
                 + f". The figures shade seed {min(hard)}'s.")
     same = " (every seed's reference run ranks the same)" if len(hard) > 1 else ""
-    return f"{words}: {', '.join(next(iter(kinds), ()))}{same}."
+    return f"{words}: {', '.join(next(iter(hard.values()), ()))}{same}."

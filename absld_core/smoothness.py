@@ -40,10 +40,15 @@ def hard_by_seed(references: dict, n_hard: int) -> dict[int, list[str]]:
     return {seed: ranking(*class_error(run))[:n_hard] for seed, run in references.items()}
 
 
+def ranked_differently(hard_of: dict[int, list[str]]) -> bool:
+    """Whether the seeds' reference runs name different hardest classes (hard_by_seed's result)."""
+    return len({tuple(h) for h in hard_of.values()}) > 1
+
+
 def pair_hard_words(hard_words: str, hard_of: dict[int, list[str]]) -> str:
     """The study's hard-class caption for an SSD/DSD figure: where the seeds' reference runs rank their
     hardest classes differently, it adds that each seed's DSD follows its own."""
-    if len({tuple(h) for h in hard_of.values()}) > 1:
+    if ranked_differently(hard_of):
         return f"{hard_words};\neach seed's DSD follows its own reference run's ranking"
     return hard_words
 
