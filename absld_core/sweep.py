@@ -124,11 +124,14 @@ def plan_precisions(jobs: list[Job], states: dict[str, str] | None = None) -> st
 
 
 def preset_precisions(preset: str, overrides: list[str] | None, out_root: str | Path) -> str | None:
-    """plan_precisions for a preset's runs under out_root (what `absld study` says before it renders)."""
+    """plan_precisions for a preset's runs under out_root (what `absld study` says before it renders);
+    None where out_root does not exist yet (nothing has trained there, and the study makes it)."""
     from contextlib import chdir
 
     from .plan import study_plan
 
+    if not Path(out_root).is_dir():
+        return None
     if Path(preset).suffix in (".yaml", ".yml") and Path(preset).is_file():
         preset = str(Path(preset).resolve())   # read from where it was given
     with chdir(out_root):   # the plan's run paths are relative to it

@@ -183,3 +183,6 @@ def test_the_study_names_the_mix_of_its_plan(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(absld_core.study, "run_study", lambda *a, **k: 0)
     assert main(["study", "--preset", "smoke", "--out", str(tmp_path)]) == 0
     assert f"study: {said}" in capsys.readouterr().out
+    # a study into a folder that does not exist yet: nothing trained there, and the study makes the folder
+    assert precision_mix("smoke", None, tmp_path / "new") is None
+    assert main(["study", "--preset", "smoke", "--out", str(tmp_path / "new")]) == 0
