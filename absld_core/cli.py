@@ -131,10 +131,9 @@ def _study(args) -> int:
         from .rehearse import rehearse
 
         return rehearse(args.preset, args.set, out_root=args.out, tflops=args.tflops)
-    from .plan import study_plan
     from .sweep import preset_precisions
 
-    study_plan(args.preset, args.set)   # every run's config built (method names included) before any trains
+    # every run's config is built (method names included) before any trains, then checked for a mix
     mixed = preset_precisions(args.preset, args.set, Path(args.out).resolve())
     if mixed:
         print(f"study: {mixed}")
@@ -146,6 +145,7 @@ def _sweep(args) -> int:
     import os
 
     from .plan import study_plan
+    from .presets import given_preset
     from .sweep import plan_precisions, sweep
 
     overrides = list(args.set)
@@ -158,8 +158,7 @@ def _sweep(args) -> int:
     out = Path(args.out)
     if not out.is_dir():
         raise UsageError(f"--out {out} is not a folder")
-    if Path(args.preset).suffix in (".yaml", ".yml") and Path(args.preset).is_file():
-        args.preset = str(Path(args.preset).resolve())   # a preset path is read from where it was given
+    args.preset = given_preset(args.preset)   # a preset path is read from where it was given
     os.chdir(out)  # run_root and the teachers' paths are relative to it, as in `absld study --out`
     jobs = study_plan(args.preset, overrides)
     if args.list:

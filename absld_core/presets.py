@@ -42,6 +42,13 @@ def preset_path(preset: str) -> Path:
                      f"preset .yaml)")
 
 
+def given_preset(preset: str) -> str:
+    """A preset as the plan should read it from any folder: a preset file given by a relative path
+    becomes its absolute path (the sweep and the study chdir into --out), a name stays a name."""
+    p = Path(preset)
+    return str(p.resolve()) if p.suffix in (".yaml", ".yml") and p.is_file() else preset
+
+
 def preset_name(preset: str) -> str:
     """How a preset is named in run_root and figure_dir: the file's stem."""
     return preset_path(preset).stem

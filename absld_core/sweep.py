@@ -124,18 +124,19 @@ def plan_precisions(jobs: list[Job], states: dict[str, str] | None = None) -> st
 
 
 def preset_precisions(preset: str, overrides: list[str] | None, out_root: str | Path) -> str | None:
-    """plan_precisions for a preset's runs under out_root (what `absld study` says before it renders);
-    None where out_root does not exist yet (nothing has trained there, and the study makes it)."""
+    """plan_precisions for a preset's runs under out_root (what `absld study` says before it renders).
+    The plan is built first, so a bad preset or parameter is refused here before any work; None where
+    out_root does not exist yet (nothing has trained there, and the study makes it)."""
     from contextlib import chdir
 
     from .plan import study_plan
+    from .presets import given_preset
 
+    jobs = study_plan(given_preset(preset), overrides)
     if not Path(out_root).is_dir():
         return None
-    if Path(preset).suffix in (".yaml", ".yml") and Path(preset).is_file():
-        preset = str(Path(preset).resolve())   # read from where it was given
     with chdir(out_root):   # the plan's run paths are relative to it
-        return plan_precisions(study_plan(preset, overrides))
+        return plan_precisions(jobs)
 
 
 def sweep(jobs: list[Job], executor: str = "local", *, workers: int | None = None, threads: int | None = None,

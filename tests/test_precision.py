@@ -186,3 +186,24 @@ def test_the_study_names_the_mix_of_its_plan(monkeypatch, tmp_path, capsys):
     # a study into a folder that does not exist yet: nothing trained there, and the study makes the folder
     assert precision_mix("smoke", None, tmp_path / "new") is None
     assert main(["study", "--preset", "smoke", "--out", str(tmp_path / "new")]) == 0
+
+
+def test_the_study_check_reads_a_relative_preset_path_and_refuses_a_bad_preset_before_any_work(monkeypatch, tmp_path):
+    """sweep.preset_precisions builds the plan once (the study's check of every run's config) from a
+    preset path relative to where it was given, though it looks at the runs from inside --out; an unknown
+    preset is refused even where --out does not exist yet."""
+    import shutil
+
+    from absld_core.presets import ROOT, StudyError, given_preset
+    from absld_core.sweep import preset_precisions
+
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda *a: [])
+    (tmp_path / "mine").mkdir()
+    shutil.copy(ROOT / "presets" / "smoke.yaml", tmp_path / "mine" / "mysmoke.yaml")
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert given_preset("mine/mysmoke.yaml") == str(tmp_path / "mine" / "mysmoke.yaml")
+    assert given_preset("smoke") == "smoke"
+    assert preset_precisions("mine/mysmoke.yaml", None, tmp_path / "out") is None
+    with pytest.raises(StudyError, match="unknown preset 'mine/nothere.yaml'"):
+        preset_precisions("mine/nothere.yaml", None, tmp_path / "missing")
