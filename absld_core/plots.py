@@ -60,6 +60,24 @@ def _rotation(labels: Sequence[str]) -> int:
     return 0 if max((len(str(x)) for x in labels), default=0) <= 3 else 45 if max(len(str(x)) for x in labels) <= 10 else 90
 
 
+def _legend_under(ax, legend, unrotated: float) -> bool:
+    """Put `legend` (anchored upper center) under the axes: at the fixed offset `unrotated` (axes fraction)
+    that fits horizontal tick labels, or, with rotated ones (CIFAR's class names), just under everything
+    the axes draw below them (tick labels, x label and its caption), measured after a layout that leaves
+    the legend out. True when it did that layout: the caller must not lay the figure out again (that
+    would shrink the axes and move the labels onto the legend)."""
+    if not any(t.get_rotation() for t in ax.get_xticklabels()):
+        legend.set_bbox_to_anchor((0.5, unrotated), transform=ax.transAxes)
+        return False
+    fig = ax.figure
+    legend.set_in_layout(False)
+    fig.tight_layout()
+    y0 = ax.get_tightbbox(fig.canvas.get_renderer()).y0
+    legend.set_bbox_to_anchor((0.5, float(ax.transAxes.inverted().transform((0, y0))[1]) - 0.02), transform=ax.transAxes)
+    legend.set_in_layout(True)   # saved and shown figures crop to include it
+    return True
+
+
 def _shade_hard(ax, classes, hard):
     for i, c in enumerate(classes):
         if c in hard:
@@ -128,11 +146,10 @@ def class_bars(table: pd.DataFrame, classes: Sequence[str] | None = None, title:
         extra.append(_hard_patch(hard, hard_words))
     if elo is not None:
         extra.append(Line2D([], [], color="0.25", lw=0.8, marker="|", label="95% interval"))
-    if legend:
-        ax.legend(handles=handles + extra, loc="upper center",
-                  bbox_to_anchor=(0.5, (-0.16 if _rotation(classes) else -0.12) - (0.12 if hard and hard_words else 0)),
-                  ncols=min(4, len(handles + extra)), frameon=False)
-    if own:
+    laid_out = legend and _legend_under(
+        ax, ax.legend(handles=handles + extra, loc="upper center", ncols=min(4, len(handles + extra)), frameon=False),
+        -0.12 - (0.12 if hard and hard_words else 0))
+    if own and not laid_out:
         fig.tight_layout()
     return fig
 
@@ -227,10 +244,10 @@ def class_dots(summary: pd.DataFrame, classes: Sequence[str], title: str = "", y
     if hard:
         p = _hard_patch(hard, hard_words)
         handles, labels = handles + [p], labels + [p.get_label()]
-    ax.legend(handles, labels, loc="upper center",
-              bbox_to_anchor=(0.5, (-0.16 if _rotation(classes) else -0.13) - (0.06 if hard and hard_words else 0)),
-              ncols=min(5, len(handles)), frameon=False, title="whiskers: 95% interval" if elo is not None else None)
-    fig.tight_layout()
+    if not _legend_under(ax, ax.legend(handles, labels, loc="upper center", ncols=min(5, len(handles)), frameon=False,
+                                       title="whiskers: 95% interval" if elo is not None else None),
+                         -0.13 - (0.06 if hard and hard_words else 0)):
+        fig.tight_layout()
     return fig
 
 

@@ -201,3 +201,24 @@ def test_the_explorer_schedule_keys_its_bounds_and_the_soft_labels_epoch():
     labels = [x.get_text() for x in fig.legends[0].get_texts()]
     assert labels == ["a", "b", "c", "the run's own schedule", "bounds 0.5, 5", "epoch 2: the soft labels'"]
     assert all(any(line.get_xdata()[0] == 2 for line in ax.lines if line.get_linestyle() == "-.") for ax in fig.axes)
+
+
+@pytest.mark.parametrize("kind", ["class_bars", "class_dots"])
+def test_a_legend_under_rotated_class_names_sits_below_the_names_and_the_caption_and_is_saved(kind, tmp_path):
+    """CIFAR's names are drawn at 45 degrees; the legend under the axes is placed from their measured
+    extent (the fixed offset for horizontal digits put it over the x label and caption), and the saved
+    figure, cropped tight, still holds it."""
+    classes = ["airplane", "automobile", "bird"]
+    table = pd.DataFrame([[90.0, 50.0, 70.0], [85.0, 60.0, 72.0]], index=["pgd_at", "absld_ham"], columns=classes)
+    summary = _ci(table.assign(avg=[70.0, 72.0], worst=[50.0, 60.0])).assign(nsd=[0.2, 0.1])
+    words = "hard: the 3 classes with the highest validation robust error of the reference PGD-AT run (seed 0)"
+    fig = getattr(plots, kind)(summary, classes, hard=["bird"], hard_words=words)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    assert all(t.get_rotation() == 45 for t in ax.get_xticklabels())
+    legend = ax.get_legend().get_window_extent(r)
+    above = [t.get_window_extent(r) for t in ax.get_xticklabels()] + [ax.xaxis.label.get_window_extent(r)]
+    assert legend.y1 <= min(b.y0 for b in above), (legend, min(b.y0 for b in above))
+    assert fig.get_tightbbox(r).y0 * fig.dpi <= legend.y0 + 1   # inches against pixels: the crop keeps it
+    plots.save(fig, tmp_path / "f.png")
