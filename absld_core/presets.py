@@ -31,10 +31,16 @@ def known_presets() -> list[str]:
     return sorted(q.stem for q in (ROOT / "presets").glob("*.yaml"))
 
 
-def preset_path(preset: str) -> Path:
+def _preset_file(preset: str) -> Path | None:
+    """The absolute path of a preset given as a .yaml file that exists (None for a name)."""
     p = Path(preset)
-    if p.suffix in (".yaml", ".yml") and p.is_file():
-        return p.resolve()
+    return p.resolve() if p.suffix in (".yaml", ".yml") and p.is_file() else None
+
+
+def preset_path(preset: str) -> Path:
+    found = _preset_file(preset)
+    if found is not None:
+        return found
     cand = ROOT / "presets" / f"{preset}.yaml"
     if cand.is_file():
         return cand
@@ -45,8 +51,8 @@ def preset_path(preset: str) -> Path:
 def given_preset(preset: str) -> str:
     """A preset as the plan should read it from any folder: a preset file given by a relative path
     becomes its absolute path (the sweep and the study chdir into --out), a name stays a name."""
-    p = Path(preset)
-    return str(p.resolve()) if p.suffix in (".yaml", ".yml") and p.is_file() else preset
+    found = _preset_file(preset)
+    return preset if found is None else str(found)
 
 
 def preset_name(preset: str) -> str:
