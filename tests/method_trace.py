@@ -1,7 +1,14 @@
 """What a method did on a fixed seed: per-epoch losses, class risks, temperatures, class weights, the
-kept fraction and a fingerprint of the final weights. tests/data/method_reference.json holds these
-traces as recorded from the code before the one-file-method refactor (commit 527798c);
-test_method_contract.py checks that every method still produces them."""
+kept fraction and a fingerprint of the final weights. tests/data/method_reference*.json hold these
+traces, each for the kinds of CPU it names (`cpu_kinds`): method_reference.json as recorded from the code
+before the one-file-method refactor (commit 527798c); test_method_contract.py checks that every method
+still produces them. The traces depend on the CPU's kernels (torch's vectorised kernels, and oneDNN/MKL,
+which choose their code by vendor and ISA), so a kind without one is skipped there; record one with
+`python tests/method_trace.py` from code that reproduces an existing reference on a CPU that has one."""
+import json
+import platform
+from pathlib import Path
+
 import torch
 
 from absld_core import train
@@ -25,6 +32,33 @@ VARIANTS = {
 }
 KEYS = ("loss", "class_risk_adv", "class_risk_nat", "tau_adv", "tau_nat", "eta", "class_weights",
         "class_mean_steps", "kept_fraction")
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def cpu_kind(cpuinfo="/proc/cpuinfo") -> str:
+    """The facts that choose this CPU's fp32 kernels: torch's capability, the vendor (MKL and oneDNN
+    dispatch on it) and AMX (oneDNN's top ISA level), e.g. "AVX512 AuthenticAMD", "AVX512 GenuineIntel AMX"."""
+    vendor, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.startswith("vendor_id"):
+                vendor = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags.update(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return " ".join([torch.backends.cpu.get_cpu_capability(), vendor] + (["AMX"] if "amx_tile" in flags else []))
+
+
+def references() -> dict[str, Path]:
+    """CPU kind -> the recorded file of traces for it."""
+    found = {}
+    for path in sorted(DATA.glob("method_reference*.json")):
+        for kind in json.loads(path.read_text()).get("cpu_kinds", []):
+            found[kind] = path
+    return found
 
 
 def trace(variant: str, out_dir, teacher_dir) -> dict:
@@ -52,3 +86,28 @@ def teacher(out_dir):
         return train(tiny("teacher", "natural", out_dir, optim__epochs=3))
     finally:
         torch.set_num_threads(threads)
+
+
+def record(out_dir) -> Path:
+    """Record every variant's trace for this CPU kind, into a new file (an existing kind is refused)."""
+    import subprocess
+    kind = cpu_kind()
+    if kind in references():
+        raise SystemExit(f"traces for {kind!r} are recorded already in {references()[kind].name}")
+    out_dir = Path(out_dir)
+    teacher_dir = teacher(out_dir / "teacher")
+    traces = {v: trace(v, out_dir / v, teacher_dir) for v in sorted(VARIANTS)}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=DATA).stdout.strip()
+    path = DATA / f"method_reference_{kind.lower().replace(' ', '_')}.json"
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                 platform.processor())
+    path.write_text(json.dumps({"recorded_at_commit": commit, "cpu_kinds": [kind], "cpu": model,
+                                "torch": torch.__version__, "traces": traces}, indent=1) + "\n")
+    return path
+
+
+if __name__ == "__main__":  # python tests/method_trace.py: record this CPU kind's traces
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"recorded {record(tmp)}")

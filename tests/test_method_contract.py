@@ -6,20 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from absld_core.methods import registry
-from method_trace import VARIANTS, teacher, trace
+from method_trace import DATA, VARIANTS, cpu_kind, references, teacher, trace
 
-# The traces depend on the CPU's kernels (AVX-512 and AVX2 round differently, and a PGD sign flips): one
-# reference per torch CPU capability. method_reference.json: recorded at 527798c on an AVX-512 CPU;
-# method_reference_avx2.json: recorded on an AVX2-only CPU from 1df8f62, whose code reproduced the
-# 527798c traces on AVX-512.
-_DATA = Path(__file__).parent / "data"
-_BY_CAPABILITY = {"AVX512": "method_reference.json", "AVX2": "method_reference_avx2.json"}
-CAPABILITY = torch.backends.cpu.get_cpu_capability()
-REFERENCE = (json.loads((_DATA / _BY_CAPABILITY[CAPABILITY]).read_text())["traces"]
-             if CAPABILITY in _BY_CAPABILITY else None)
+# The traces depend on the CPU's kernels (AVX-512 and AVX2 round differently, a PGD sign flips, and an
+# Intel Xeon with AMX moves natural_smoothed's loss by 2e-3): one reference per kind of CPU, found by the
+# kinds each file lists (method_trace.cpu_kind).
+CPU_KIND = cpu_kind()
+_RECORDED = references()
+REFERENCE = json.loads(_RECORDED[CPU_KIND].read_text())["traces"] if CPU_KIND in _RECORDED else None
 PACKAGE = Path(__file__).resolve().parents[1] / "absld_core"
 
 
@@ -34,7 +30,8 @@ def test_every_method_computes_what_it_did_before_the_refactor(variant, teacher_
     variant of the pre-refactor methods, on fixed seeds in fp32, equal the recorded ones (float
     rounding). RSLAD no longer records its constant temperatures of 1 and its unused eta."""
     if REFERENCE is None:
-        pytest.skip(f"no recorded traces for this CPU's torch kernels ({CAPABILITY}); recorded: {', '.join(_BY_CAPABILITY)}")
+        pytest.skip(f"no recorded traces for this kind of CPU ({CPU_KIND}); recorded: {', '.join(_RECORDED)} "
+                    "(python tests/method_trace.py records one)")
     ref, new = REFERENCE[variant], trace(variant, tmp_path, teacher_dir)
     assert len(new["history"]) == len(ref["history"])
     for r, n in zip(ref["history"], new["history"]):
@@ -46,6 +43,20 @@ def test_every_method_computes_what_it_did_before_the_refactor(variant, teacher_
             np.testing.assert_allclose(n[key], r[key], rtol=1e-5, atol=1e-7, err_msg=f"{variant}: {key}")
     assert new["weight_sum"] == pytest.approx(ref["weight_sum"], rel=1e-6)
     assert new["weight_abs"] == pytest.approx(ref["weight_abs"], rel=1e-6)
+
+
+def test_the_cpu_kind_names_vendor_and_amx_and_each_kind_has_one_reference(tmp_path, monkeypatch):
+    """Two CPUs with the same torch capability but another vendor or AMX are different kinds, so a trace
+    recorded on one is never held against the other; no kind is listed by two files."""
+    import torch
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    info = tmp_path / "cpuinfo"
+    info.write_text("vendor_id\t: GenuineIntel\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert cpu_kind(info) == "AVX512 GenuineIntel AMX"
+    info.write_text("vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert cpu_kind(info) == "AVX512 AuthenticAMD"
+    listed = [k for p in sorted(DATA.glob("method_reference*.json")) for k in json.loads(p.read_text())["cpu_kinds"]]
+    assert len(listed) == len(set(listed)) and {"AVX512 AuthenticAMD", "AVX2 AuthenticAMD"} <= set(listed)
 
 
 def _method_files():
