@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= smoke
 
-.PHONY: study test test-fast env bench lab board rehearse gpu-carry clean-runs quotes
+.PHONY: study test test-fast browser env bench lab board rehearse gpu-carry clean-runs quotes
 
 $(STAMP): requirements-cpu.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,18 @@ lab: $(STAMP)
 board: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir runs/$(PRESET) --bind_all
 
-test: $(STAMP)
+# Chromium and ChromeDriver for the browser tests (tests/test_browser.py: JupyterLab, Run All, a slider),
+# from Debian's packages when missing and this is root on a Debian-like system; elsewhere those tests skip
+# and say so (install chromium and chromium-driver, or any Chromium with a matching chromedriver)
+browser:
+	@if command -v chromedriver >/dev/null && { command -v chromium || command -v chromium-browser || command -v google-chrome; } >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Chromium and ChromeDriver for the browser tests (apt-get install chromium chromium-driver)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1 \
+	    || echo "warning: apt-get could not install chromium chromium-driver; the browser tests will skip"; \
+	else echo "note: no Chromium/chromedriver and no root apt-get here; the browser tests will skip (install chromium and chromium-driver)"; fi
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q -ra --durations=15 tests
 
 # the quick subset: every test but the end-to-end ones marked `slow` (notebooks in a browser, whole
