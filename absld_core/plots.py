@@ -195,17 +195,27 @@ def smoothness_comparison(summary: pd.DataFrame, diff, classes: Sequence[str], h
     rows = list(classes) + ["avg", "worst"]
     d = diff.table.loc[rows, ["diff", "lo", "hi"]].astype(float).to_numpy()
     colour = np.where(d[:, 1] > 0, "tab:green", np.where(d[:, 2] < 0, "tab:red", "0.35"))
+    stuck = [diff.degenerate(r) for r in rows]  # both sides at 0% (or 100%) everywhere: no information
     for i in range(len(rows)):
+        if stuck[i] is not None:  # a hollow marker, no whisker: not a measured difference of 0
+            bot.errorbar(x[i], d[i, 0], yerr=[[0.0], [0.0]], fmt="o", ms=6, color="0.35", mfc="white", capsize=0,
+                         elinewidth=0)
+            continue
         bot.errorbar(x[i], d[i, 0], yerr=[[d[i, 0] - d[i, 1]], [d[i, 2] - d[i, 0]]], fmt="o", ms=6, color=colour[i],
                      capsize=3, elinewidth=1.2)
     bot.axhline(0, color="black", lw=1)
     a, b = (str(n).split(" (")[0] for n in (diff.a, diff.b))
     nsd, lo, hi = diff["nsd"]
+    nsd_text = "no information" if diff.degenerate("nsd") is not None else f"{nsd:+.3f} [{lo:+.3f}, {hi:+.3f}]"
     bot.set(ylabel=f"{a} - {b} (points)",   # NSD in the title: a box inside the axes would hide a whisker
-            title=f"Paired difference {a} - {b}, 95% interval (NSD: {nsd:+.3f} [{lo:+.3f}, {hi:+.3f}])")
+            title=f"Paired difference {a} - {b}, 95% interval (NSD: {nsd_text})")
     handles += [Line2D([], [], ls="", marker="o", color="tab:green", label=f"{a} - {b}: interval above 0"),
                 Line2D([], [], ls="", marker="o", color="tab:red", label="interval below 0"),
                 Line2D([], [], ls="", marker="o", color="0.35", label="interval covers 0")]
+    edges = sorted({e for e in stuck if e is not None})
+    if edges:
+        handles.append(Line2D([], [], ls="", marker="o", color="0.35", mfc="white",
+                              label=f"both at {' or '.join(edges)}: no information"))
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=3, frameon=False, fontsize=9)
     bot.set_xticks(x, groups, rotation=_rotation(groups[:-2]))
     bot.set_xlabel(_hard_note("class; Avg (over images) and Worst (mean over seeds of each seed's lowest class)", hard,

@@ -143,6 +143,22 @@ def test_the_smoothness_figure_shows_the_difference_with_a_zero_line_on_a_0_100_
     assert len(errs) == len(classes) + 2
 
 
+def test_a_class_where_both_sides_sit_at_0_percent_is_drawn_hollow_as_no_information():
+    """Both runs at 0% on a class on every image and seed: the difference panel shows no whisker and a
+    hollow marker keyed 'both at 0%: no information', not a grey 'interval covers 0'."""
+    classes, summary = _summary(("SSD", "DSD"))
+    diff = _pair_diff(classes)
+    diff.table.loc["b"] = (0.0, 0.0, 0.0, 0.0, 0.0)
+    fig = plots.smoothness_comparison(summary, diff, classes, ["b"], "SSD vs DSD")
+    bot = fig.axes[1]
+    faces = [c.lines[0].get_markerfacecolor() for c in bot.containers]
+    assert [f == "white" for f in faces] == [c == "b" for c in classes] + [False, False]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "both at 0%: no information" in labels
+    plain = plots.smoothness_comparison(summary, _pair_diff(classes), classes, ["b"], "SSD vs DSD")
+    assert not any("no information" in t.get_text() for t in plain.legends[0].get_texts())
+
+
 def test_bar_values_never_sit_under_a_whisker():
     table = pd.DataFrame([[90.0, 8.0]], index=["m"], columns=["a", "b"])
     table = table.assign(a_lo=[85.0], a_hi=[95.0], b_lo=[2.0], b_hi=[15.0])
