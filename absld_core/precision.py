@@ -23,16 +23,27 @@ import torch
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
-    """The native-bf16 flags this CPU reports (empty where /proc/cpuinfo is absent or has none)."""
+def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
+    """This CPU's first `model name` and `vendor_id` (absent keys are left out) and the set of its `flags`,
+    read from /proc/cpuinfo (empty where it is absent)."""
+    info: dict = {"flags": set()}
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
-        return []
-    flags = set()
+        return info
     for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "flags":
+            info["flags"].update(value.split())
+        elif key in ("model name", "vendor_id"):
+            info.setdefault(key, value.strip())
+    return info
+
+
+def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """The native-bf16 flags this CPU reports (empty where /proc/cpuinfo is absent or has none)."""
+    flags = cpu_info(cpuinfo)["flags"]
     return [f for f in BF16_CPU_FLAGS if f in flags]
 
 

@@ -8,18 +8,11 @@ from datetime import datetime, timezone
 
 import torch
 
-from absld_core.precision import cpu_bf16_flags
+from absld_core.precision import cpu_bf16_flags, cpu_info
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_info().get("model name", platform.processor() or "")
     info = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
             "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,

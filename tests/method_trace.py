@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from absld_core import train
+from absld_core.precision import cpu_info
 from absld_core.runs import RunDir
 from train_helpers import tiny
 
@@ -40,16 +41,9 @@ DATA = Path(__file__).parent / "data"
 def cpu_kind(cpuinfo="/proc/cpuinfo") -> str:
     """The facts that choose this CPU's fp32 kernels: torch's capability, the vendor (MKL and oneDNN
     dispatch on it) and AMX (oneDNN's top ISA level), e.g. "AVX512 AuthenticAMD", "AVX512 GenuineIntel AMX"."""
-    vendor, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path(cpuinfo).read_text().splitlines():
-            if line.startswith("vendor_id"):
-                vendor = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags.update(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return " ".join([torch.backends.cpu.get_cpu_capability(), vendor] + (["AMX"] if "amx_tile" in flags else []))
+    info = cpu_info(cpuinfo)
+    return " ".join([torch.backends.cpu.get_cpu_capability(), info.get("vendor_id", platform.processor() or "unknown")]
+                    + (["AMX"] if "amx_tile" in info["flags"] else []))
 
 
 def references() -> dict[str, Path]:
@@ -91,17 +85,16 @@ def teacher(out_dir):
 def record(out_dir) -> Path:
     """Record every variant's trace for this CPU kind, into a new file (an existing kind is refused)."""
     import subprocess
-    kind = cpu_kind()
-    if kind in references():
-        raise SystemExit(f"traces for {kind!r} are recorded already in {references()[kind].name}")
+    kind, recorded = cpu_kind(), references()
+    if kind in recorded:
+        raise SystemExit(f"traces for {kind!r} are recorded already in {recorded[kind].name}")
     out_dir = Path(out_dir)
     teacher_dir = teacher(out_dir / "teacher")
     traces = {v: trace(v, out_dir / v, teacher_dir) for v in sorted(VARIANTS)}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=DATA).stdout.strip()
     path = DATA / f"method_reference_{kind.lower().replace(' ', '_')}.json"
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 platform.processor())
+    model = cpu_info().get("model name", platform.processor())
     path.write_text(json.dumps({"recorded_at_commit": commit, "cpu_kinds": [kind], "cpu": model,
                                 "torch": torch.__version__, "traces": traces}, indent=1) + "\n")
     return path
