@@ -180,15 +180,20 @@ def sweep(jobs: list[Job], executor: str = "local", *, workers: int | None = Non
     try:
         with _terminate_on_sigterm():
             _loop(jobs, pending, running, backend, result, log, poll)
-    except _Terminated:
+    except (_Terminated, KeyboardInterrupt) as e:
+        # SIGINT reaches only this process when it is sent to it alone (`kill -INT`, a process manager), not
+        # to the terminal's whole group as Ctrl-C is: stop the workers either way, never leave them running
+        signame = "SIGTERM" if isinstance(e, _Terminated) else "SIGINT"
         for key, (handle, t0) in running.items():
             backend.stop(handle)
             result.outcomes[key] = Outcome(key, "stopped", time.time() - t0, str(jobs_by_key(jobs)[key].run_dir),
-                                           error="the sweep was stopped (SIGTERM); --resume-able from its last.pt")
+                                           error=f"the sweep was stopped ({signame}); --resume-able from its last.pt")
         for key, job in pending.items():
             result.outcomes.setdefault(key, Outcome(key, "waiting", run_dir=str(job.run_dir),
                                                     error="not started: the sweep was stopped"))
         _record(result, log_root, log)
+        if isinstance(e, KeyboardInterrupt):
+            raise
         raise SystemExit(143) from None
     _record(result, log_root, log)
     return result
@@ -201,7 +206,8 @@ class _Terminated(Exception):
 @contextlib.contextmanager
 def _terminate_on_sigterm():
     """SIGTERM (a scheduler ending the sweep, `kill`) becomes an exception in the loop, so that the
-    workers are stopped with it instead of being left running on their own."""
+    workers are stopped with it instead of being left running on their own (SIGINT is Python's
+    KeyboardInterrupt, handled the same way)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -395,12 +401,23 @@ class _Checkpointable(_checkpointable_base()):
         return run_payload(payload)
 
 
+def _stop_once(exception):
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise exception()
+    return handler
+
+
 def main(argv: list[str]) -> int:
     from .runs import RunLockedError
 
     payload = json.loads(Path(argv[0]).read_text())
-    # SIGTERM (the sweep stopping) ends the run through its normal failure path: status recorded, lock freed
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # SIGTERM (the sweep stopping) and SIGINT (Ctrl-C) end the run through its normal failure path: status
+    # recorded, lock freed. Only the first one counts: a terminal's Ctrl-C reaches this worker and the sweep
+    # at once, and the sweep's SIGTERM must not cut short the worker's recording of its stop.
+    signal.signal(signal.SIGTERM, _stop_once(lambda: SystemExit(143)))
+    signal.signal(signal.SIGINT, _stop_once(KeyboardInterrupt))
     try:
         print(run_payload(payload), flush=True)
     except RunLockedError as e:

@@ -369,7 +369,11 @@ def test_a_run_another_process_trains_is_reported_as_being_trained_elsewhere(tmp
     assert json.loads(record.read_text())[job.key]["state"] == "elsewhere"
 
 
-def test_sigterm_to_a_sweep_stops_its_workers_and_records_them(tmp_path):
+@pytest.mark.parametrize("signame,rc,group", [("SIGTERM", 143, False), ("SIGINT", 130, False), ("SIGINT", 130, True)])
+def test_a_signal_to_the_sweep_stops_its_workers_and_records_them(tmp_path, signame, rc, group):
+    """SIGINT sent to the sweep process alone (`kill -INT`, a process manager) used to print "stopped"
+    and leave the workers training on their own; group=True is the terminal's Ctrl-C, which reaches the
+    sweep and its workers at once."""
     import json
     import os
     import signal
@@ -383,16 +387,19 @@ def test_sigterm_to_a_sweep_stops_its_workers_and_records_them(tmp_path):
                                       "notebooks": ["03_students"]}))
     proc = subprocess.Popen([sys.executable, "-m", "absld_core.cli", "sweep", "--preset", str(preset), "--out",
                              str(tmp_path), "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, start_new_session=group)
     run = tmp_path / "runs" / "slow" / "s0" / "student-pgd_at"
     deadline = time.time() + 240
     while time.time() < deadline and not (run / "history.jsonl").is_file():
         time.sleep(0.5)
     assert (run / "history.jsonl").is_file(), "the worker never started training"
     worker = int((run / "run.lock").read_text().strip())
-    proc.send_signal(signal.SIGTERM)
+    if group:
+        os.killpg(proc.pid, getattr(signal, signame))
+    else:
+        proc.send_signal(getattr(signal, signame))
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 143, out
+    assert proc.returncode == rc, out
     for _ in range(40):              # the worker is gone, not left running on its own
         try:
             os.kill(worker, 0)
@@ -402,8 +409,24 @@ def test_sigterm_to_a_sweep_stops_its_workers_and_records_them(tmp_path):
     else:
         pytest.fail(f"worker {worker} is still running after the sweep was stopped")
     last = json.loads((tmp_path / "runs" / "slow" / "sweep" / "logs" / "last_sweep.json").read_text())
-    assert last["s0/student-pgd_at"]["state"] == "stopped"
+    assert last["s0/student-pgd_at"]["state"] == "stopped" and signame in last["s0/student-pgd_at"]["error"]
     assert json.loads((run / "status.json").read_text())["state"] == "stopped"
+
+
+def test_a_worker_counts_only_the_first_stop_signal():
+    """Ctrl-C reaches a worker and its sweep at once; the sweep's SIGTERM that follows must not cut
+    short the worker's recording of its stop (it left status.json at "running")."""
+    import signal
+    from absld_core import sweep as S
+    old = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as e:
+            S._stop_once(lambda: SystemExit(143))(signal.SIGTERM, None)
+        assert e.value.code == 143
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, old[0])
+        signal.signal(signal.SIGINT, old[1])
 
 
 @pytest.mark.parametrize("hours", ["-1", "0.001"])
