@@ -417,7 +417,8 @@ def main(argv: list[str]) -> int:
     # recorded, lock freed. Only the first one counts: a terminal's Ctrl-C reaches this worker and the sweep
     # at once, and the sweep's SIGTERM must not cut short the worker's recording of its stop.
     signal.signal(signal.SIGTERM, _stop_once(lambda: SystemExit(143)))
-    signal.signal(signal.SIGINT, _stop_once(KeyboardInterrupt))
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:   # started with SIGINT ignored (`nohup ... &`): kept
+        signal.signal(signal.SIGINT, _stop_once(KeyboardInterrupt))
     try:
         print(run_payload(payload), flush=True)
     except RunLockedError as e:
