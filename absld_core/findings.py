@@ -158,7 +158,8 @@ def kept_text(histories: dict, starts: dict) -> str:
                    f"of {E} on{span}")
         if np.mean(means) < 0.25:
             small.append(display(name))
-    tail = (f" {' and '.join(small)} then trains on a small part of each batch, so claim (c) counts" if small else
+    verb = "trains" if len(small) == 1 else "train"
+    tail = (f" {' and '.join(small)} then {verb} on a small part of each batch, so claim (c) counts" if small else
             " Claim (c) counts") + " the examples trained on, not the epochs."
     return "Early dropping: " + "; ".join(out) + "." + tail
 

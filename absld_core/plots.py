@@ -419,7 +419,7 @@ def schedule_plot(tau_adv: np.ndarray, tau_nat: np.ndarray, classes: Sequence[st
     if bounds is not None:
         h, lab = h + [Line2D([], [], color="0.3", ls=":", lw=1)], lab + [f"bounds {bounds[0]:g}, {bounds[1]:g}"]
     if marked_epoch is not None:
-        h, lab = h + [Line2D([], [], color="k", ls="-.", lw=1)], lab + [f"epoch {marked_epoch}: the soft labels'"]
+        h, lab = h + [Line2D([], [], color="k", ls="-.", lw=1)], lab + [f"soft labels drawn at epoch {marked_epoch}"]
     fig.legend(h, lab, loc="upper center", bbox_to_anchor=(0.5, 0.02), ncols=7, frameon=False, title="class")
     fig.tight_layout()
     if note:

@@ -51,6 +51,8 @@ def test_kept_text_averages_from_the_start_of_dropping_and_flags_a_method_that_b
     assert "HAM keeps 15% of each batch on average from epoch 3 of 4 on (seeds 10-20%)" in text
     assert "ABSLD+HAM keeps 70% of each batch on average from epoch 3 of 4 on" in text
     assert "HAM then trains on a small part of each batch" in text and "ABSLD+HAM then" not in text
+    both = kept_text({"ham": ham, "absld_ham": ham}, {"ham": 3, "absld_ham": 3})
+    assert "HAM and ABSLD+HAM then train on a small part of each batch" in both  # the verb agrees with two
 
 
 def test_findings_of_a_study_load_each_record_once_and_say_what_summary_md_lists(tmp_path, monkeypatch):
