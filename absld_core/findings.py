@@ -22,6 +22,7 @@ class Findings:
     hard: tuple = ()
     temperatures: dict = field(default_factory=dict)   # {label: temperature_text} of each run with class temperatures
     kept: str | None = None                            # kept_text of the runs with early dropping
+    zeros: str | None = None                           # zeros_text: the teacher's classes at 0% and who inherits them
 
     @classmethod
     def of(cls, runs: dict, hard=()) -> "Findings":
@@ -57,7 +58,8 @@ class Findings:
     def sentences(self) -> list[str]:
         from .labels import display
 
-        return [f"{display(m)}: {t}" for m, t in self.temperatures.items()] + ([self.kept] if self.kept else [])
+        return (([self.zeros] if self.zeros else []) + [f"{display(m)}: {t}" for m, t in self.temperatures.items()]
+                + ([self.kept] if self.kept else []))
 
 
 def _final(records: dict, key: str) -> np.ndarray:
@@ -167,3 +169,40 @@ def kept_text(histories: dict, starts: dict) -> str:
 def _kept_mean(history, start: int) -> float:
     """One run's kept fraction, mean over its epochs from `start` on (an epoch without dropping keeps all)."""
     return float(history.loc[history["epoch"] >= int(start), "kept_fraction"].fillna(1.0).mean())
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def zeros_text(per_seed, attack: str, classes) -> str | None:
+    """The classes on which the teacher is at 0% under `attack` in every seed, and which students are at 0%
+    on all of them too (they inherit the zeros, so a worst-class difference between two of them carries no
+    information); None when the teacher has no such class. per_seed: intervals.per_seed_table's tidy rows."""
+    from .labels import display
+
+    rows = per_seed[per_seed["attack"] == attack]
+    teacher = rows[rows["method"] == "teacher"]
+    if teacher.empty:
+        return None
+    zero = [c for c in classes if (teacher[c].astype(float) == 0).all()]
+    if not zero:
+        return None
+    from .vocab import attack_label
+
+    clean = per_seed[(per_seed["attack"] == "clean") & (per_seed["method"] == "teacher")]
+    also_clean = attack != "clean" and not clean.empty and all((clean[c].astype(float) == 0).all() for c in zero)
+    n = teacher["seed"].nunique()
+    seeds = "its one seed" if n == 1 else f"every one of its {n} seeds"
+    text = (f"Teacher: at 0% on {_and(zero)} under {attack_label(attack)} in {seeds}"
+            + (", clean test images included" if also_clean else "") + ".")
+    students = [m for m in dict.fromkeys(rows["method"]) if m != "teacher"]
+    heirs = [m for m in students if all((rows.loc[rows["method"] == m, c].astype(float) == 0).all() for c in zero)]
+    if len(heirs) == 1:
+        text += f" {display(heirs[0])} is at 0% on all of them too."
+    elif heirs:
+        text += (f" {_and([display(m) for m in heirs])} are at 0% on all of them too, so a worst-class difference"
+                 " between two of these carries no information.")
+    else:
+        text += " No student is at 0% on all of them."
+    return text

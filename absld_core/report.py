@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import claims, intervals
-from .findings import Findings
+from .findings import Findings, zeros_text
 from .study import StudyError, run_classes, write_summary
 
 
@@ -44,8 +44,9 @@ def compare(runs: dict, hard=()) -> Report:
     per_seed = intervals.per_seed_table(runs)
     attack = "pgd20" if "pgd20" in set(per_seed["attack"]) else per_seed["attack"].iloc[-1]
     tables = {a: intervals.summarise(runs, a, classes=classes) for a in per_seed["attack"].unique()}
-    return Report(runs, classes, per_seed, attack, tables, claims.student_claims(runs, attack, classes),
-                  Findings.of(runs, hard))
+    F = Findings.of(runs, hard)
+    F.zeros = zeros_text(per_seed, attack, classes)
+    return Report(runs, classes, per_seed, attack, tables, claims.student_claims(runs, attack, classes), F)
 
 
 def write(report: Report, figure_dir: str | Path, title: str) -> tuple[Path, Path]:

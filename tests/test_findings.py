@@ -67,3 +67,33 @@ def test_findings_of_a_study_load_each_record_once_and_say_what_summary_md_lists
     assert F.tempered == ["absld"] and list(F.dropping) == ["ham"] and F.starts == {"ham": 3}
     assert F.sentences == [f"ABSLD: {F.temperatures['absld']}", F.kept]
     assert F.kept.startswith("Early dropping: HAM keeps 50% of each batch on average from epoch 3 of 4 on")
+
+
+def per_seed(rows):
+    """A per_seed_table-shaped frame: (method, seed, attack, accuracy of classes a, b, c)."""
+    return pd.DataFrame([{"method": m, "seed": s, "attack": k, "a": x, "b": y, "c": z} for m, s, k, x, y, z in rows])
+
+
+def test_the_teachers_zero_classes_and_the_students_that_inherit_them_are_named():
+    rows = [("teacher", 0, "pgd20", 0, 0, 40), ("teacher", 1, "pgd20", 0, 5, 30),     # b is not 0 in seed 1
+            ("teacher", 0, "clean", 0, 10, 60), ("teacher", 1, "clean", 0, 20, 50),
+            ("rslad", 0, "pgd20", 0, 1, 20), ("rslad", 1, "pgd20", 0, 0, 20),
+            ("absld", 0, "pgd20", 0, 0, 25), ("absld", 1, "pgd20", 0, 0, 22),
+            ("ham", 0, "pgd20", 3, 0, 20), ("ham", 1, "pgd20", 0, 0, 20)]             # ham: a is 3% in seed 0
+    text = findings.zeros_text(per_seed(rows), "pgd20", ["a", "b", "c"])
+    assert text == ("Teacher: at 0% on a under PGD-20 in every one of its 2 seeds, clean test images included. "
+                    "RSLAD and ABSLD are at 0% on all of them too, so a worst-class difference between two of these "
+                    "carries no information.")
+    one = findings.zeros_text(per_seed(rows[:4] + rows[8:]), "pgd20", ["a", "b", "c"])
+    assert one.endswith("clean test images included. No student is at 0% on all of them.")
+    lone = per_seed([("teacher", 0, "pgd20", 0, 9, 9), ("teacher", 0, "clean", 5, 9, 9), ("absld", 0, "pgd20", 0, 1, 1)])
+    assert findings.zeros_text(lone, "pgd20", ["a", "b", "c"]) == ("Teacher: at 0% on a under PGD-20 in its one seed. "
+                                                                  "ABSLD is at 0% on all of them too.")
+    assert findings.zeros_text(per_seed([("teacher", 0, "pgd20", 1, 9, 9)]), "pgd20", ["a", "b", "c"]) is None
+    assert findings.zeros_text(per_seed([("absld", 0, "pgd20", 0, 0, 0)]), "pgd20", ["a", "b", "c"]) is None  # no teacher
+
+
+def test_the_findings_list_the_teachers_zeros_before_the_temperatures():
+    F = Findings({}, zeros="Teacher: at 0% on a.", kept="Early dropping: x.")
+    F.temperatures = {"absld": "t"}
+    assert F.sentences == ["Teacher: at 0% on a.", "ABSLD: t", "Early dropping: x."]
