@@ -127,11 +127,16 @@ def _bootstrap(runs, attack: str, n_boot: int, seed: int):
     return seeds, C, out
 
 
+EXACT_DECIMALS = 9  # statistics rounded to this many decimals: far below any accuracy step (100 / images)
+
+
 def _interval(samples: np.ndarray) -> tuple[float, float, float]:
-    """(observed, lower, upper): row 0 is the observed statistic, the rest the bootstrap (percentile CI)."""
+    """(observed, lower, upper): row 0 is the observed statistic, the rest the bootstrap (percentile CI).
+    Rounded to EXACT_DECIMALS, so that a bound which is 0 in exact arithmetic (two means of the same
+    images' accuracies) is 0, not +-1e-14 of float rounding whose sign would decide the verdict."""
     obs, boot = samples[0], samples[1:]
     lo, hi = np.nanpercentile(boot, [2.5, 97.5], axis=0)
-    return obs, lo, hi
+    return tuple(np.round(v, EXACT_DECIMALS) + 0.0 for v in (obs, lo, hi))
 
 
 def summarise(runs: Mapping[str, Mapping[int, str | Path]], attack: str = "pgd20", n_boot: int = N_BOOT,
