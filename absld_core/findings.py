@@ -98,6 +98,9 @@ def bounds_phrase(name: str, final: np.ndarray, lo: float, hi: float) -> str:
             f"{_count(at_lo)} at tau_min {lo:g}")
 
 
+NEAR_BOUND = 0.01  # a hard class this close to tau_max (a fraction of tau_max - tau_min) is flagged as the smoothest
+
+
 def temperature_text(records: dict, hard=()) -> str:
     """ABSLD's temperatures at the end of training over the seeds (`records`: {seed: load_run(...)}):
     how many classes sit at each bound, where the hard classes end, when the bounds were reached, and,
@@ -125,10 +128,15 @@ def temperature_text(records: dict, hard=()) -> str:
         if hard:
             idx = [classes.index(str(c)) for c in hard if str(c) in classes]
             text += "; the hard classes end at " + ", ".join(f"{classes[i]} {final[:, i].mean():.2f}" for i in idx)
-            smooth = [classes[i] for i in idx if np.isclose(final[:, i], hi).mean() > 0.5]
+            near = final >= hi - NEAR_BOUND * (hi - lo)  # at tau_max, or short of it by under 1% of the range
+            smooth = [i for i in idx if near[:, i].mean() > 0.5]
             if smooth:
-                text += (f" (**{', '.join(smooth)} at tau_max: the smoothest label, the opposite of the method's intent "
-                         f"of sharper labels for hard classes**)")
+                where = ("at tau_max" if all(np.isclose(final[near[:, i], i], hi).all() for i in smooth)
+                         else f"at or within {100 * NEAR_BOUND:g}% of the range below tau_max")
+                who = (", ".join(classes[i] for i in smooth) if n == 1 else
+                       ", ".join(f"{classes[i]} in {int(near[:, i].sum())} of {n} seeds" for i in smooth))
+                text += (f" (**{where}: {who}; the smoothest label, the opposite of the method's intent of sharper "
+                         f"labels for hard classes**)")
         parts.append(text)
     out = "Temperatures after the last epoch" + (f", mean over {n} seeds" if n > 1 else "") + ". " + "; ".join(parts) + "."
     if not bounded:
@@ -198,11 +206,12 @@ def zeros_text(per_seed, attack: str, classes) -> str | None:
             + (", clean test images included" if also_clean else "") + ".")
     students = [m for m in dict.fromkeys(rows["method"]) if m != "teacher"]
     heirs = [m for m in students if all((rows.loc[rows["method"] == m, c].astype(float) == 0).all() for c in zero)]
+    them = "it" if len(zero) == 1 else "all of them"
     if len(heirs) == 1:
-        text += f" {display(heirs[0])} is at 0% on all of them too."
+        text += f" {display(heirs[0])} is at 0% on {them} too."
     elif heirs:
-        text += (f" {_and([display(m) for m in heirs])} are at 0% on all of them too, so a worst-class difference"
+        text += (f" {_and([display(m) for m in heirs])} are at 0% on {them} too, so a worst-class difference"
                  " between two of these carries no information.")
     else:
-        text += " No student is at 0% on all of them."
+        text += f" No student is at 0% on {them}."
     return text

@@ -24,13 +24,22 @@ def test_bounds_are_counted_per_seed_and_explained_only_when_reached():
     text = temperature_text({0: s0, 1: s1}, hard=["0", "2"])
     assert "adversarial: 1 of 4 classes sit at tau_max 5 and 1/0 at tau_min 0.5 (per seed, over 2 seeds)" in text
     assert "the hard classes end at 0 5.00, 2 0.80" in text
-    assert "**0 at tau_max: the smoothest label, the opposite of the method's intent" in text  # a hard class at tau_max
+    assert "(**at tau_max: 0 in 2 of 2 seeds; the smoothest label, the opposite of the method's intent" in text
     assert findings.WHY_BOUNDS in text and "the clean training risks at the last epoch span 0 to 0.03" in text
     # nowhere near a bound: no explanation of the bounds, the largest move instead
     calm = record([[1, 1, 1, 1], [1.1, 0.9, 1, 1.05]])
     text = temperature_text({0: calm}, hard=["1"])
     assert "No class reached a bound: the largest move from the initial temperature is 0.10" in text
     assert "Why the bounds" not in text and "opposite" not in text
+
+
+def test_a_hard_class_just_short_of_tau_max_is_flagged_as_the_smoothest_too():
+    """A hard class ending at 4.9996 reads "5.00" among the ends; it is flagged, and said to be near, not at,
+    the bound (the bounds' counts stay exact). One at 4.9 (2% of the range below) is not."""
+    near = record([[1, 1, 1, 1], [4.9996, 1, 1, 4.9]])
+    text = temperature_text({0: near}, hard=["0", "3"])
+    assert "adversarial: 0 of 4 classes sit at tau_max 5" in text and "the hard classes end at 0 5.00, 3 4.90" in text
+    assert "(**at or within 1% of the range below tau_max: 0; the smoothest label" in text
 
 
 def test_the_explorer_and_the_findings_count_bounds_the_same_way():
@@ -82,13 +91,17 @@ def test_the_teachers_zero_classes_and_the_students_that_inherit_them_are_named(
             ("ham", 0, "pgd20", 3, 0, 20), ("ham", 1, "pgd20", 0, 0, 20)]             # ham: a is 3% in seed 0
     text = findings.zeros_text(per_seed(rows), "pgd20", ["a", "b", "c"])
     assert text == ("Teacher: at 0% on a under PGD-20 in every one of its 2 seeds, clean test images included. "
-                    "RSLAD and ABSLD are at 0% on all of them too, so a worst-class difference between two of these "
+                    "RSLAD and ABSLD are at 0% on it too, so a worst-class difference between two of these "
                     "carries no information.")
     one = findings.zeros_text(per_seed(rows[:4] + rows[8:]), "pgd20", ["a", "b", "c"])
-    assert one.endswith("clean test images included. No student is at 0% on all of them.")
+    assert one.endswith("clean test images included. No student is at 0% on it.")
+    two = per_seed([("teacher", 0, "pgd20", 0, 0, 9), ("absld", 0, "pgd20", 0, 0, 1), ("rslad", 0, "pgd20", 0, 0, 1)])
+    assert findings.zeros_text(two, "pgd20", ["a", "b", "c"]).endswith(
+        "on a and b under PGD-20 in its one seed. ABSLD and RSLAD are at 0% on all of them too, so a worst-class "
+        "difference between two of these carries no information.")
     lone = per_seed([("teacher", 0, "pgd20", 0, 9, 9), ("teacher", 0, "clean", 5, 9, 9), ("absld", 0, "pgd20", 0, 1, 1)])
     assert findings.zeros_text(lone, "pgd20", ["a", "b", "c"]) == ("Teacher: at 0% on a under PGD-20 in its one seed. "
-                                                                  "ABSLD is at 0% on all of them too.")
+                                                                  "ABSLD is at 0% on it too.")
     assert findings.zeros_text(per_seed([("teacher", 0, "pgd20", 1, 9, 9)]), "pgd20", ["a", "b", "c"]) is None
     assert findings.zeros_text(per_seed([("absld", 0, "pgd20", 0, 0, 0)]), "pgd20", ["a", "b", "c"]) is None  # no teacher
 
