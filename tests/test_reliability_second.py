@@ -385,9 +385,12 @@ def test_a_signal_to_the_sweep_stops_its_workers_and_records_them(tmp_path, sign
                                                      "test_attacks": "clean,pgd20", "epochs": 400, "seeds": [0],
                                                      "lr_schedule": "constant", "methods": "pgd_at"},
                                       "notebooks": ["03_students"]}))
+    # SIGINT at its default in the sweep, however this suite was started: a job started with `&` from a
+    # script, or under nohup, inherits SIGINT ignored, and a sweep started so keeps ignoring it (a70f8a8)
     proc = subprocess.Popen([sys.executable, "-m", "absld_core.cli", "sweep", "--preset", str(preset), "--out",
                              str(tmp_path), "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=group)
+                            text=True, start_new_session=group,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run = tmp_path / "runs" / "slow" / "s0" / "student-pgd_at"
     deadline = time.time() + 240
     while time.time() < deadline and not (run / "history.jsonl").is_file():
