@@ -183,29 +183,31 @@ def _and(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def _all_zero(frame, columns) -> bool:
+    """Every row of `frame` at 0 in each of `columns` (an empty frame: True)."""
+    return all((frame[c].astype(float) == 0).all() for c in columns)
+
+
 def zeros_text(per_seed, attack: str, classes) -> str | None:
     """The classes on which the teacher is at 0% under `attack` in every seed, and which students are at 0%
     on all of them too (they inherit the zeros, so a worst-class difference between two of them carries no
     information); None when the teacher has no such class. per_seed: intervals.per_seed_table's tidy rows."""
     from .labels import display
+    from .vocab import attack_label
 
     rows = per_seed[per_seed["attack"] == attack]
     teacher = rows[rows["method"] == "teacher"]
-    if teacher.empty:
-        return None
-    zero = [c for c in classes if (teacher[c].astype(float) == 0).all()]
+    zero = [c for c in classes if _all_zero(teacher, [c])] if not teacher.empty else []
     if not zero:
         return None
-    from .vocab import attack_label
-
     clean = per_seed[(per_seed["attack"] == "clean") & (per_seed["method"] == "teacher")]
-    also_clean = attack != "clean" and not clean.empty and all((clean[c].astype(float) == 0).all() for c in zero)
+    also_clean = attack != "clean" and not clean.empty and _all_zero(clean, zero)
     n = teacher["seed"].nunique()
     seeds = "its one seed" if n == 1 else f"every one of its {n} seeds"
     text = (f"Teacher: at 0% on {_and(zero)} under {attack_label(attack)} in {seeds}"
             + (", clean test images included" if also_clean else "") + ".")
     students = [m for m in dict.fromkeys(rows["method"]) if m != "teacher"]
-    heirs = [m for m in students if all((rows.loc[rows["method"] == m, c].astype(float) == 0).all() for c in zero)]
+    heirs = [m for m in students if _all_zero(rows[rows["method"] == m], zero)]
     them = "it" if len(zero) == 1 else "all of them"
     if len(heirs) == 1:
         text += f" {display(heirs[0])} is at 0% on {them} too."
